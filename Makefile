@@ -1,0 +1,29 @@
+# The README's two commands: `make sft` (the main job) and `make test` (the test suite).
+# Both create .venv on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup sft demo test lint bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0   # the local CPU wheel, before anything can pull a CUDA build
+	$(BIN)/pip install -q -e '.[train,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: setup
+	$(BIN)/python -m itl_env.demo
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python benchmarks/bench_tools.py

@@ -1,0 +1,142 @@
+"""How a tool call is written as text and parsed back.
+
+Each named format has ``render(calls, content)`` and ``parse(text)``. Parsing never raises on
+model text: it returns the calls it could read and an error for each one it could not.
+
+- ``hermes`` (default): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, the format
+  of Qwen, SmolLM3 and most open tool-calling models.
+- ``find``: the paper's ```` ```sql\\nFIND birth_place FOR Kyler Ellison\\n``` ````, which can
+  only express ``lookup`` calls.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+    def as_message_call(self, call_id: str) -> dict[str, Any]:
+        """The OpenAI ``tool_calls`` entry for this call."""
+        return {"id": call_id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+class ParsedTurn(BaseModel):
+    """What an assistant message says: its text outside tool calls, the calls, and parse errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str
+    calls: list[ToolCall] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list)
+
+
+class ToolCallFormat(Protocol):
+    name: str
+
+    def render(self, calls: list[ToolCall], content: str = "") -> str: ...
+
+    def parse(self, text: str) -> ParsedTurn: ...
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class HermesFormat:
+    name = "hermes"
+    open_tag, close_tag = "<tool_call>", "</tool_call>"
+    _block = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
+
+    def render(self, calls: list[ToolCall], content: str = "") -> str:
+        blocks = [
+            f"{self.open_tag}\n{json.dumps({'name': c.name, 'arguments': c.arguments}, ensure_ascii=False)}\n{self.close_tag}"
+            for c in calls
+        ]
+        return "\n".join([content, *blocks] if content else blocks)
+
+    def parse(self, text: str) -> ParsedTurn:
+        calls: list[ToolCall] = []
+        errors: list[str] = []
+        for block in self._block.findall(text):
+            call, error = self._read(block.strip())
+            if call is not None:
+                calls.append(call)
+            else:
+                errors.append(error)
+        rest = self._block.sub("", text)
+        if self.open_tag in rest:
+            errors.append(f"a {self.open_tag} was opened but never closed with {self.close_tag}")
+            rest = rest[: rest.index(self.open_tag)]
+        return ParsedTurn(content=rest.strip(), calls=calls, errors=errors)
+
+    def _read(self, body: str) -> tuple[ToolCall | None, str]:
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, RecursionError) as err:
+            return None, f"tool call is not valid JSON ({getattr(err, 'msg', 'too deeply nested')}): {_clip(body)!r}"
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return None, f'tool call must be a JSON object like {{"name": ..., "arguments": {{...}}}}: {_clip(body)!r}'
+        arguments = data.get("arguments", {})
+        if isinstance(arguments, str):  # some models double-encode the arguments
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                pass
+        if not isinstance(arguments, dict):
+            return None, f"tool call arguments must be a JSON object, got {type(arguments).__name__}: {_clip(body)!r}"
+        return ToolCall(name=data["name"], arguments=arguments), ""
+
+
+class FindFormat:
+    name = "find"
+    tool_name = "lookup"
+    _block = re.compile(r"```sql[ \t]*\n?(.*?)```", re.S)
+    _query = re.compile(r"FIND\s+(\w+)\s+FOR\s+(.+)", re.S)
+
+    def render(self, calls: list[ToolCall], content: str = "") -> str:
+        blocks = []
+        for call in calls:
+            if call.name != self.tool_name or set(call.arguments) != {"name", "attribute"}:
+                raise ValueError(f"the find format can only write {self.tool_name}(name, attribute) calls, not {call}")
+            blocks.append(f"```sql\nFIND {call.arguments['attribute']} FOR {call.arguments['name']}\n```")
+        return "\n".join([content, *blocks] if content else blocks)
+
+    def parse(self, text: str) -> ParsedTurn:
+        calls: list[ToolCall] = []
+        errors: list[str] = []
+        for block in self._block.findall(text):
+            query = self._query.fullmatch(block.strip())
+            if query is None:
+                errors.append(
+                    f"expected 'FIND <attribute> FOR <full name>' inside ```sql, got {_clip(block.strip())!r}"
+                )
+            else:
+                calls.append(
+                    ToolCall(
+                        name=self.tool_name, arguments={"name": query.group(2).strip(), "attribute": query.group(1)}
+                    )
+                )
+        rest = self._block.sub("", text)
+        if "```sql" in rest:
+            errors.append("a ```sql block was opened but never closed with ```")
+            rest = rest[: rest.index("```sql")]
+        return ParsedTurn(content=rest.strip(), calls=calls, errors=errors)
+
+
+FORMATS: dict[str, ToolCallFormat] = {f.name: f for f in (HermesFormat(), FindFormat())}
+
+
+def get_format(name: str) -> ToolCallFormat:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown tool-call format {name!r}; valid: {', '.join(FORMATS)}") from None

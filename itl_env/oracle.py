@@ -1,0 +1,44 @@
+"""The oracle policy: a perfect player of ``ToolUseEnv`` that writes the training dialogs.
+
+It reads only the conversation text, like a model. ``in_tool``: ask -> call ``lookup`` ->
+read the result -> answer with it. ``in_weight``: ask -> answer from the world it "memorised".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from itl_env import dialogs
+from itl_env.formats import ToolCall, ToolCallFormat, get_format
+from itl_env.world import World
+
+Mode = Literal["in_tool", "in_weight"]
+MODES: tuple[Mode, ...] = ("in_tool", "in_weight")
+
+
+class OraclePolicy:
+    def __init__(self, world: World, mode: Mode = "in_tool", tool_format: str | ToolCallFormat = "hermes"):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+        self.world = world
+        self.mode = mode
+        self.format = get_format(tool_format) if isinstance(tool_format, str) else tool_format
+
+    def generate(self, conversations: list[list[dict[str, Any]]]) -> list[str]:
+        return [self.reply(messages) for messages in conversations]
+
+    def reply(self, messages: list[dict[str, Any]]) -> str:
+        question = next((m["content"] for m in messages if m["role"] == "user"), "")
+        parsed = dialogs.parse_question(question)
+        if parsed is None:
+            return dialogs.UNKNOWN_ANSWER
+        name, attribute = parsed
+        last = messages[-1]
+        if last["role"] == "tool":
+            if last.get("name") == "error":
+                return dialogs.UNKNOWN_ANSWER
+            return dialogs.answer(name, attribute, last["content"])
+        if self.mode == "in_tool":
+            return self.format.render([ToolCall(name="lookup", arguments={"name": name, "attribute": attribute.value})])
+        person = self.world.by_name.get(name)
+        return dialogs.UNKNOWN_ANSWER if person is None else dialogs.answer(name, attribute, person[attribute.value])

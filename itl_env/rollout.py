@@ -1,0 +1,210 @@
+"""The batched rollout driver and its per-fact records.
+
+``rollout`` keeps up to ``batch_size`` episodes live and steps them in lockstep: one
+``policy.generate(conversations)`` call per turn for all live episodes; a finished episode's
+slot is refilled from the queue at once. One ``FactRecord`` per episode goes to a JSONL file
+as soon as the episode ends, so an interrupted run keeps what it finished (``resume=True``
+skips those facts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from itl_env.env import ToolUseEnv
+from itl_env.world import Fact
+
+logger = logging.getLogger(__name__)
+
+
+class Policy(Protocol):
+    """Anything that continues conversations. May set ``last_token_counts`` (one int per reply)."""
+
+    def generate(self, conversations: list[list[dict[str, Any]]]) -> list[str]: ...
+
+
+class FactRecord(BaseModel):
+    """One episode: what was asked, what the policy did, and whether the answer was right."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fact_id: str
+    person: str
+    attribute: str
+    split: str
+    mode: str
+    gold: str
+    tool_called: bool
+    tool_name: str | None = None
+    tool_arguments: dict[str, Any] | None = None
+    tool_result: str | None = None
+    parse_error: str | None = None
+    answer: str | None = None
+    correct: bool
+    truncated: bool
+    turns: int
+    tokens_generated: int | None = None
+
+
+class RolloutSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    episodes: int
+    recall: float
+    tool_call_rate: float
+    parse_error_rate: float
+    truncation_rate: float
+    mean_turns: float
+    tokens_generated: int | None
+    seconds: float
+    episodes_per_s: float
+
+
+class RolloutResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[FactRecord]
+    summary: RolloutSummary
+    conversations: list[list[dict[str, Any]]] | None = None
+
+
+def summarise(records: Sequence[FactRecord], seconds: float) -> RolloutSummary:
+    n = max(len(records), 1)
+    tokens = [r.tokens_generated for r in records]
+    return RolloutSummary(
+        episodes=len(records),
+        recall=sum(r.correct for r in records) / n,
+        tool_call_rate=sum(r.tool_called for r in records) / n,
+        parse_error_rate=sum(r.parse_error is not None for r in records) / n,
+        truncation_rate=sum(r.truncated for r in records) / n,
+        mean_turns=sum(r.turns for r in records) / n,
+        tokens_generated=None if not tokens or None in tokens else sum(t for t in tokens if t is not None),
+        seconds=round(seconds, 3),
+        episodes_per_s=round(len(records) / seconds, 2) if seconds > 0 else 0.0,
+    )
+
+
+def read_records(path: str | Path) -> list[FactRecord]:
+    """The records of a JSONL file; a torn last line (an interrupted write) is dropped."""
+    records = []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        try:
+            records.append(FactRecord.model_validate_json(line))
+        except ValueError:
+            if i != len(lines) - 1:
+                raise
+            logger.warning("dropping a torn last line in %s", path)
+    return records
+
+
+def rollout(
+    policy: Policy,
+    env_factory: Callable[[], ToolUseEnv],
+    facts: Iterable[Fact],
+    *,
+    mode: str,
+    batch_size: int = 64,
+    seed: int = 0,
+    out: str | Path | None = None,
+    resume: bool = False,
+    keep_conversations: bool = False,
+    progress: bool = True,
+    desc: str = "rollout",
+) -> RolloutResult:
+    """Play every fact as one episode; see the module docstring."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    facts = list(facts)
+    previous: list[FactRecord] = []
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if resume and out.exists():
+            previous = read_records(out)
+            out.write_text("".join(r.model_dump_json() + "\n" for r in previous), encoding="utf-8")
+        elif out.exists():
+            out.unlink()
+    done = {r.fact_id for r in previous}
+    queue = deque((i, f) for i, f in enumerate(facts) if f.id not in done)
+    results: dict[int, tuple[FactRecord, list[dict[str, Any]]]] = {}
+    envs = [env_factory() for _ in range(min(batch_size, len(queue)))]
+    live: list[tuple[ToolUseEnv, int, list[int]]] = []  # (env, fact position, tokens per turn)
+    free = list(envs)
+    start = time.perf_counter()
+    sink = out.open("a", encoding="utf-8") if out is not None else None
+    from tqdm import tqdm
+
+    try:
+        with tqdm(total=len(queue), desc=desc, unit="fact", disable=not progress, leave=False) as bar:
+            while queue or live:
+                while queue and free:
+                    position, fact = queue.popleft()
+                    env = free.pop()
+                    env.reset(seed=seed * 1_000_003 + position, options={"fact": fact})
+                    live.append((env, position, []))
+                outputs = policy.generate([env.messages for env, _, _ in live])
+                if len(outputs) != len(live):
+                    raise ValueError(f"policy returned {len(outputs)} replies for {len(live)} conversations")
+                counts = getattr(policy, "last_token_counts", None)
+                still = []
+                for k, ((env, position, tokens), text) in enumerate(zip(live, outputs)):
+                    tokens.append(counts[k] if counts is not None and len(counts) == len(outputs) else -1)
+                    _, _, terminated, truncated, info = env.step(text)
+                    if not (terminated or truncated):
+                        still.append((env, position, tokens))
+                        continue
+                    record = _record(info, mode, truncated, tokens)
+                    results[position] = (record, list(env.messages) if keep_conversations else [])
+                    if sink is not None:
+                        sink.write(record.model_dump_json() + "\n")
+                        sink.flush()
+                    free.append(env)
+                    bar.update()
+                live = still
+    finally:
+        if sink is not None:
+            sink.close()
+    ordered = [results[i] for i in sorted(results)]
+    records = previous + [r for r, _ in ordered]
+    return RolloutResult(
+        records=records,
+        summary=summarise(records, time.perf_counter() - start),
+        conversations=[c for _, c in ordered] if keep_conversations else None,
+    )
+
+
+def _record(info: dict[str, Any], mode: str, truncated: bool, tokens: list[int]) -> FactRecord:
+    fact: Fact = info["fact"]
+    first_call = info["tool_calls"][0] if info["tool_calls"] else None
+    first_result = info["tool_results"][0] if info["tool_results"] else None
+    return FactRecord(
+        fact_id=fact.id,
+        person=fact.person,
+        attribute=fact.attribute.value,
+        split=fact.split,
+        mode=mode,
+        gold=fact.value,
+        tool_called=first_call is not None,
+        tool_name=first_call["name"] if first_call else None,
+        tool_arguments=first_call["arguments"] if first_call else None,
+        tool_result=first_result["content"] if first_result else None,
+        parse_error=info["parse_errors"][0] if info["parse_errors"] else None,
+        answer=info.get("answer"),
+        correct=bool(info.get("correct", False)),
+        truncated=truncated,
+        turns=info["turn"],
+        tokens_generated=None if -1 in tokens else sum(tokens),
+    )
+
+
+def write_summary(summary: RolloutSummary, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(summary.model_dump(), indent=2) + "\n", encoding="utf-8")

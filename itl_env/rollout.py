@@ -156,7 +156,7 @@ def rollout(
                     raise ValueError(f"policy returned {len(outputs)} replies for {len(live)} conversations")
                 counts = getattr(policy, "last_token_counts", None)
                 still = []
-                for k, ((env, position, tokens), text) in enumerate(zip(live, outputs)):
+                for k, ((env, position, tokens), text) in enumerate(zip(live, outputs, strict=True)):
                     tokens.append(counts[k] if counts is not None and len(counts) == len(outputs) else -1)
                     _, _, terminated, truncated, info = env.step(text)
                     if not (terminated or truncated):

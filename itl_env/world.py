@@ -110,12 +110,12 @@ def _draw(spec: WorldSpec, split: Split, n: int, firsts: tuple[str, ...], stream
         columns[attribute.value] = [vocab[i] for i in rng.integers(0, len(vocab), n)]
     if spec.alpha < 1.0:
         dependent = rng.random((n, len(Attribute))) >= spec.alpha
-        for row_i, col_j in zip(*np.nonzero(dependent)):
+        for row_i, col_j in zip(*np.nonzero(dependent), strict=True):
             attribute = list(Attribute)[col_j]
             columns[attribute.value][row_i] = _from_last_name(lasts[last_idx[row_i]], attribute)
     return [
         {"name": f"{firsts[f]} {lasts[la]}", "split": split, **{a.value: columns[a.value][i] for a in Attribute}}
-        for i, (f, la) in enumerate(zip(first_idx.tolist(), last_idx.tolist()))
+        for i, (f, la) in enumerate(zip(first_idx.tolist(), last_idx.tolist(), strict=True))
     ]
 
 

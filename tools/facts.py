@@ -9,7 +9,7 @@ single source of the SQL while the per-call cost stays that of a prepared query.
 from __future__ import annotations
 
 import threading
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, Table, bindparam, select
@@ -19,7 +19,7 @@ from tools.registry import Tool, ToolError, tool
 PEOPLE_TABLE = "people"
 
 
-class Attribute(str, Enum):
+class Attribute(StrEnum):
     birth_date = "birth_date"
     birth_place = "birth_place"
     current_address = "current_address"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from itl_env.formats import ToolCallFormat, get_format
 from itl_env.scoring import AnswerScorer
 from itl_env.world import SPLITS, Fact, World, WorldSpec, ensure_world
 from tools.facts import lookup_tool
-from tools.registry import ToolRegistry
+from tools.registry import Tool, ToolRegistry
 
 MAX_TEXT = 1 << 16
 
@@ -48,9 +49,24 @@ def default_world() -> World:
     return ensure_world(spec, path)
 
 
+# Building the lookup tool (pydantic models, schema) and the scorer (one big regex) takes ~5 ms; both are
+# immutable, so a world's environments share them (a rollout makes batch_size environments).
+_LOOKUP_TOOLS: weakref.WeakKeyDictionary[World, Tool] = weakref.WeakKeyDictionary()
+_SCORERS: weakref.WeakKeyDictionary[World, AnswerScorer] = weakref.WeakKeyDictionary()
+
+
 def fact_registry(world: World) -> ToolRegistry:
-    """The registry of fact tools over ``world``'s read-only engine."""
-    return ToolRegistry([lookup_tool(world.index)])
+    """The registry of fact tools over ``world``'s read-only engine (a new registry; the tool is shared)."""
+    if world not in _LOOKUP_TOOLS:
+        _LOOKUP_TOOLS[world] = lookup_tool(world.index)
+    return ToolRegistry([_LOOKUP_TOOLS[world]])
+
+
+def world_scorer(world: World) -> AnswerScorer:
+    """The exact scorer over ``world``'s candidate values, shared by the world's environments."""
+    if world not in _SCORERS:
+        _SCORERS[world] = AnswerScorer(world.vocabulary)
+    return _SCORERS[world]
 
 
 class ToolUseEnv(gym.Env[str, str]):
@@ -84,9 +100,9 @@ class ToolUseEnv(gym.Env[str, str]):
         self.max_calls_per_turn = max_calls_per_turn
         self.max_action_chars = max_action_chars
         self.render_mode = render_mode
-        self.scorer = AnswerScorer(self.world.vocabulary)
+        self.scorer = world_scorer(self.world)
         self._facts: dict[str, list[Fact]] = {}
-        self.observation_space = AnyText(max_length=MAX_TEXT)
+        self.observation_space = AnyText(min_length=0, max_length=MAX_TEXT)  # the final step observes ""
         self.action_space = AnyText(max_length=MAX_TEXT)
         self.fact: Fact | None = None
         self.messages: list[dict[str, Any]] = []

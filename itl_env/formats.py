@@ -54,42 +54,63 @@ def _clip(text: str, limit: int = 80) -> str:
 class HermesFormat:
     name = "hermes"
     open_tag, close_tag = "<tool_call>", "</tool_call>"
-    _block = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 
     def render(self, calls: list[ToolCall], content: str = "") -> str:
-        blocks = [
-            f"{self.open_tag}\n{json.dumps({'name': c.name, 'arguments': c.arguments}, ensure_ascii=False)}\n{self.close_tag}"
-            for c in calls
-        ]
+        blocks = [f"{self.open_tag}\n{self._json(c)}\n{self.close_tag}" for c in calls]
         return "\n".join([content, *blocks] if content else blocks)
+
+    @staticmethod
+    def _json(call: ToolCall) -> str:
+        # "</" only occurs inside JSON strings; written <\/ (the same JSON value) a value holding
+        # "</tool_call>" cannot close the block early
+        return json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False).replace("</", "<\\/")
 
     def parse(self, text: str) -> ParsedTurn:
         calls: list[ToolCall] = []
         errors: list[str] = []
-        for block in self._block.findall(text):
+        blocks, rest, unclosed = self._split(text)
+        for block in blocks:
             call, error = self._read(block.strip())
             if call is not None:
                 calls.append(call)
             else:
                 errors.append(error)
-        rest = self._block.sub("", text)
-        if self.open_tag in rest:
+        if unclosed:
             errors.append(f"a {self.open_tag} was opened but never closed with {self.close_tag}")
-            rest = rest[: rest.index(self.open_tag)]
         return ParsedTurn(content=rest.strip(), calls=calls, errors=errors)
+
+    def _split(self, text: str) -> tuple[list[str], str, bool]:
+        """(bodies of the closed blocks, the text before/between them, whether a block is left unclosed).
+
+        A linear scan: the regex ``<tool_call>(.*?)</tool_call>`` is quadratic on many open tags
+        without a close (100k of them took minutes).
+        """
+        blocks: list[str] = []
+        outside: list[str] = []
+        position = 0
+        while (start := text.find(self.open_tag, position)) >= 0:
+            outside.append(text[position:start])
+            end = text.find(self.close_tag, start + len(self.open_tag))
+            if end < 0:
+                return blocks, "".join(outside), True  # the text after an unclosed tag is not content
+            blocks.append(text[start + len(self.open_tag) : end])
+            position = end + len(self.close_tag)
+        outside.append(text[position:])
+        return blocks, "".join(outside), False
 
     def _read(self, body: str) -> tuple[ToolCall | None, str]:
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, RecursionError) as err:
-            return None, f"tool call is not valid JSON ({getattr(err, 'msg', 'too deeply nested')}): {_clip(body)!r}"
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, too many digits, too deeply nested
+            reason = getattr(err, "msg", None) or ("too deeply nested" if isinstance(err, RecursionError) else str(err))
+            return None, f"tool call is not valid JSON ({_clip(reason)}): {_clip(body)!r}"
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             return None, f'tool call must be a JSON object like {{"name": ..., "arguments": {{...}}}}: {_clip(body)!r}'
         arguments = data.get("arguments", {})
         if isinstance(arguments, str):  # some models double-encode the arguments
             try:
                 arguments = json.loads(arguments)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 pass
         if not isinstance(arguments, dict):
             return None, f"tool call arguments must be a JSON object, got {type(arguments).__name__}: {_clip(body)!r}"

@@ -1,7 +1,8 @@
 """The oracle policy: a perfect player of ``ToolUseEnv`` that writes the training dialogs.
 
 It reads only the conversation text, like a model. ``in_tool``: ask -> call ``lookup`` ->
-read the result -> answer with it. ``in_weight``: ask -> answer from the world it "memorised".
+read the result -> answer with it. ``in_weight``: ask -> answer from the training people it
+"memorised" (an unseen person gets "I don't know.", as from a model that never saw them).
 """
 
 from __future__ import annotations
@@ -41,4 +42,6 @@ class OraclePolicy:
         if self.mode == "in_tool":
             return self.format.render([ToolCall(name="lookup", arguments={"name": name, "attribute": attribute.value})])
         person = self.world.by_name.get(name)
-        return dialogs.UNKNOWN_ANSWER if person is None else dialogs.answer(name, attribute, person[attribute.value])
+        if person is None or person["split"] != "train":  # in_weight memorised the training people only
+            return dialogs.UNKNOWN_ANSWER
+        return dialogs.answer(name, attribute, person[attribute.value])

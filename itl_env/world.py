@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache, cached_property
 from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -145,16 +144,24 @@ def build_world(spec: WorldSpec, target: str | os.PathLike[str]) -> World:
 
 
 def ensure_world(spec: WorldSpec, target: str | os.PathLike[str]) -> World:
-    """Open the world at ``target`` if it was generated from ``spec``; otherwise (re)build it."""
-    if store.sqlite_path(store.to_url(target)) is None or Path(target).is_file():
-        try:
-            world = World.open(target)
-            if world.spec == spec:
-                return world
-            world.close()
-        except (store.NotAWorldError, FileNotFoundError):
-            pass
-    return build_world(spec, target)
+    """Open the world at ``target``, building it from ``spec`` if nothing is there.
+
+    Never overwrites: a target holding something else, or a world of another spec, is an error.
+    """
+    path = store.sqlite_path(store.to_url(target))
+    if path is not None and not path.exists():
+        return build_world(spec, target)
+    try:
+        world = World.open(target)
+    except store.NotAWorldError as err:
+        raise store.NotAWorldError(f"{err}; it was left untouched, pass another --world") from err
+    if world.spec != spec:
+        world.close()
+        raise ValueError(
+            f"the world at {target} was generated from {world.spec.model_dump()}, not {spec.model_dump()}; "
+            "pass another --world path, or the matching world options"
+        )
+    return world
 
 
 class World:
@@ -209,6 +216,10 @@ class World:
 
         rows = self.rows if split is None else self.people(split)
         return Dataset.from_list(rows)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> World:
+        # read-only and backed by an engine: copies share it (gymnasium deep-copies env kwargs, e.g. in check_env)
+        return self
 
     def close(self) -> None:
         if "index" in self.__dict__:

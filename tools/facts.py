@@ -44,25 +44,25 @@ class PeopleIndex:
 
     def value(self, name: str, attribute: Attribute) -> str | None:
         params: Any = (name,) if self._positional else {"name": name}
-        cursor = self._connection().cursor()
-        try:
-            cursor.execute(self._sql[attribute], params)
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
+        cursor = self._cursor()
+        cursor.execute(self._sql[attribute], params)
+        row = cursor.fetchone()
         return None if row is None else row[0]
 
-    def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self.engine.raw_connection()
-        return conn
+    def _cursor(self) -> Any:
+        # one connection and one reused cursor per thread: opening a cursor per lookup costs as much as the query
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            self._local.conn = self.engine.raw_connection()
+            cursor = self._local.cursor = self._local.conn.cursor()
+        return cursor
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
+            self._local.cursor.close()
             conn.close()
-            self._local.conn = None
+            self._local.conn = self._local.cursor = None
 
 
 def lookup_tool(index: PeopleIndex) -> Tool:

@@ -59,7 +59,8 @@ def arguments_model(fn: Callable[..., Any]) -> tuple[type[BaseModel], bool, str,
     """Build the pydantic model that validates ``fn``'s arguments.
 
     Returns (model, takes_model, description, returns_description); ``takes_model`` is True when
-    ``fn`` takes one ``BaseModel`` argument (the model is then that argument's class).
+    ``fn`` takes one ``BaseModel`` argument (the model is then that argument's class, made to
+    reject extra arguments if it does not already).
     """
     name = fn.__name__
     if not fn.__doc__:
@@ -72,7 +73,7 @@ def arguments_model(fn: Callable[..., Any]) -> tuple[type[BaseModel], bool, str,
         and isinstance(hints.get(params[0].name), type)
         and issubclass(hints[params[0].name], BaseModel)
     ):
-        return hints[params[0].name], True, description, returns
+        return _forbidding_extra(hints[params[0].name]), True, description, returns
     fields: dict[str, Any] = {}
     for param in params:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -85,6 +86,18 @@ def arguments_model(fn: Callable[..., Any]) -> tuple[type[BaseModel], bool, str,
         fields[param.name] = (hints[param.name], Field(default, description=arg_docs[param.name]))
     model = create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
     return model, False, description, returns
+
+
+def _forbidding_extra(model: type[BaseModel]) -> type[BaseModel]:
+    """``model``, or a subclass of it that rejects unknown arguments like a typed function's model does."""
+    if model.model_config.get("extra") == "forbid":
+        return model
+
+    class Strict(model):  # a misspelt argument must be an error the model reads, not silently dropped
+        model_config = ConfigDict(extra="forbid")
+
+    Strict.__name__ = Strict.__qualname__ = model.__name__
+    return Strict
 
 
 def tool_json_schema(

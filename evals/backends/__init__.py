@@ -1,0 +1,1 @@
+"""Policies that continue conversations with a real model: ``generate(conversations) -> list[str]``."""

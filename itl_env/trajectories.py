@@ -1,0 +1,61 @@
+"""Training dialogs: the oracle policy's trajectories in ``ToolUseEnv``, as a Hugging Face dataset.
+
+Training and evaluation share the environment, so they cannot disagree on format: in_tool
+rows are ask -> call -> tool result -> answer, in_weight rows are ask -> answer, and each row
+carries the tools the environment offered (none for in_weight).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from itl_env.env import ToolUseEnv
+from itl_env.oracle import Mode, OraclePolicy
+from itl_env.rollout import rollout
+from itl_env.world import Fact, World
+
+
+def oracle_conversations(
+    world: World,
+    facts: Sequence[Fact],
+    mode: Mode,
+    *,
+    tool_format: str = "hermes",
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """(conversations, tools shown) of the oracle playing every fact once; ``seed`` varies the phrasing."""
+    offer_tools = mode == "in_tool"
+    env_factory = lambda: ToolUseEnv(world, tool_format=tool_format, offer_tools=offer_tools)  # noqa: E731
+    result = rollout(
+        OraclePolicy(world, mode, tool_format),
+        env_factory,
+        facts,
+        mode=mode,
+        batch_size=256,
+        seed=seed,
+        keep_conversations=True,
+        progress=progress,
+        desc=f"oracle {mode}",
+    )
+    wrong = [r.fact_id for r in result.records if not r.correct]
+    if wrong:
+        raise RuntimeError(
+            f"the oracle answered {len(wrong)} facts wrongly (first: {wrong[0]}); the world is inconsistent"
+        )
+    tools = env_factory().tools
+    return result.conversations or [], tools
+
+
+def sft_dataset(
+    world: World, facts: Sequence[Fact], mode: Mode, *, epochs: int = 1, tool_format: str = "hermes", seed: int = 0
+) -> Any:
+    """A ``datasets.Dataset`` of ``{"messages", "tools"}`` rows: every fact ``epochs`` times, phrased anew each time."""
+    from datasets import Dataset
+
+    rows = []
+    for epoch in range(epochs):
+        conversations, tools = oracle_conversations(world, facts, mode, tool_format=tool_format, seed=seed + epoch)
+        rows += [{"messages": c, "tools": tools or None} for c in conversations]
+    return Dataset.from_list(rows)

@@ -1,0 +1,227 @@
+"""``ToolUseEnv``: Gymnasium API, tool execution, OpenAI-format messages, rewards and truncation."""
+
+from __future__ import annotations
+
+import gymnasium
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import itl_env
+from itl_env import dialogs
+from itl_env.env import ToolUseEnv
+from itl_env.formats import ToolCall, get_format
+from itl_env.world import World, WorldSpec
+from tools import tool
+
+
+def call_text(fmt: str, name: str, attribute: str) -> str:
+    return get_format(fmt).render([ToolCall(name="lookup", arguments={"name": name, "attribute": attribute})])
+
+
+@pytest.fixture
+def env(shared_world: World) -> ToolUseEnv:
+    return ToolUseEnv(shared_world, max_turns=3)
+
+
+def test_env_id_is_registered():
+    assert itl_env.ENV_ID == "itl/FactRecall-v0"
+    assert itl_env.ENV_ID in gymnasium.registry
+
+
+def test_gymnasium_make_with_a_path(shared_world):
+    env = gymnasium.make("itl/FactRecall-v0", world=shared_world.url.removeprefix("sqlite:///"), max_turns=2)
+    question, info = env.reset(seed=0)
+    assert dialogs.parse_question(question) == (info["fact"].person, info["fact"].attribute)
+    assert env.unwrapped.world.content_hash == shared_world.content_hash
+
+
+def test_gymnasium_make_with_a_world_passes_check_env(shared_world):
+    env = gymnasium.make("itl/FactRecall-v0", world=shared_world)
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_check_env_passes(shared_world):
+    check_env(ToolUseEnv(shared_world), skip_render_check=True)
+
+
+def test_default_world_lives_at_itl_world(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITL_WORLD", str(tmp_path / "default.db"))
+    env = gymnasium.make("itl/FactRecall-v0")
+    assert (tmp_path / "default.db").is_file()
+    assert env.unwrapped.world.spec == WorldSpec()
+    question, _ = env.reset(seed=1)
+    assert dialogs.parse_question(question) is not None
+
+
+def test_reset_is_deterministic(env, shared_world):
+    first = env.reset(seed=7)
+    other = ToolUseEnv(shared_world)
+    assert other.reset(seed=7)[0] == first[0]
+    assert other.reset(seed=7)[1]["fact"] == first[1]["fact"]
+    questions = {env.reset(seed=s)[0] for s in range(20)}
+    assert len(questions) > 10
+
+
+def test_reset_asks_about_the_given_fact(env, shared_world):
+    fact = shared_world.facts("unseen")[5]
+    question, info = env.reset(seed=0, options={"fact": fact, "variant": 1})
+    assert question == dialogs.question(fact.person, fact.attribute, 1)
+    assert info["fact"] == fact
+    assert env.messages == [{"role": "user", "content": question}]
+
+
+def test_reset_split_option(env):
+    for seed in range(10):
+        _, info = env.reset(seed=seed, options={"split": "unseen"})
+        assert info["fact"].split == "unseen"
+
+
+def test_tool_call_returns_the_tool_result(env, shared_world):
+    fact = shared_world.facts("train")[2]
+    env.reset(seed=0, options={"fact": fact})
+    observation, reward, terminated, truncated, info = env.step(call_text("hermes", fact.person, fact.attribute.value))
+    assert observation == fact.value
+    assert (reward, terminated, truncated) == (0.0, False, False)
+    assert info["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "call_1_0",
+                    "type": "function",
+                    "function": {
+                        "name": "lookup",
+                        "arguments": {"name": fact.person, "attribute": fact.attribute.value},
+                    },
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1_0", "name": "lookup", "content": fact.value},
+    ]
+    assert info["tool_results"] == [{"name": "lookup", "ok": True, "content": fact.value}]
+
+
+def test_find_format_tool_call(shared_world):
+    env = ToolUseEnv(shared_world, tool_format="find")
+    fact = shared_world.facts("unseen")[0]
+    env.reset(seed=0, options={"fact": fact})
+    observation, *_ = env.step(f"Checking.\n{call_text('find', fact.person, fact.attribute.value)}")
+    assert observation == fact.value
+    assert env.messages[1]["content"] == "Checking."
+    assert env.messages[1]["tool_calls"][0]["function"]["arguments"] == {
+        "name": fact.person,
+        "attribute": fact.attribute.value,
+    }
+
+
+def test_correct_final_answer_rewards_one(env, shared_world):
+    fact = shared_world.facts("train")[0]
+    env.reset(seed=0, options={"fact": fact})
+    answer = dialogs.answer(fact.person, fact.attribute, fact.value)
+    observation, reward, terminated, truncated, info = env.step(answer)
+    assert (observation, reward, terminated, truncated) == ("", 1.0, True, False)
+    assert info["correct"] is True and info["answer"] == answer
+    assert env.messages[-1] == {"role": "assistant", "content": answer}
+
+
+def test_wrong_final_answer_rewards_zero(env, shared_world):
+    fact = next(f for f in shared_world.facts("train") if f.attribute.value == "birth_date")
+    env.reset(seed=0, options={"fact": fact})
+    _, reward, terminated, truncated, info = env.step(f"{fact.person} was born on 13/13/1313.")
+    assert (reward, terminated, truncated, info["correct"]) == (0.0, True, False, False)
+
+
+def test_max_turns_truncates(shared_world):
+    env = ToolUseEnv(shared_world, max_turns=2)
+    fact = shared_world.facts("train")[0]
+    env.reset(seed=0, options={"fact": fact})
+    text = call_text("hermes", fact.person, fact.attribute.value)
+    assert env.step(text)[2:4] == (False, False)
+    _, reward, terminated, truncated, info = env.step(text)
+    assert (reward, terminated, truncated, info["turn"]) == (0.0, False, True, 2)
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step("more")
+
+
+def test_step_before_reset_raises(shared_world):
+    with pytest.raises(RuntimeError, match="call reset"):
+        ToolUseEnv(shared_world).step("hello")
+
+
+def test_offer_tools_false_shows_no_tools(shared_world):
+    env = ToolUseEnv(shared_world, offer_tools=False)
+    _, info = env.reset(seed=0)
+    assert env.tools == [] and info["tools"] == []
+
+
+def test_offered_tools_are_the_registry_schemas(env):
+    _, info = env.reset(seed=0)
+    assert [t["function"]["name"] for t in info["tools"]] == ["lookup"]
+    assert info["tools"][0]["function"]["parameters"]["properties"]["attribute"]["enum"] == [
+        "birth_date",
+        "birth_place",
+        "current_address",
+        "occupation",
+    ]
+
+
+def test_unreadable_call_is_an_error_observation(env):
+    env.reset(seed=0)
+    observation, reward, terminated, truncated, info = env.step("<tool_call>{not json}</tool_call>")
+    assert observation.startswith("could not read tool call: tool call is not valid JSON")
+    assert (reward, terminated, truncated) == (0.0, False, False)
+    assert info["messages"][-1]["name"] == "error" and len(info["parse_errors"]) == 1
+
+
+def test_calls_beyond_the_per_turn_limit_are_not_run(shared_world):
+    env = ToolUseEnv(shared_world, max_calls_per_turn=2)
+    fact = shared_world.facts("train")[0]
+    env.reset(seed=0, options={"fact": fact})
+    call = ToolCall(name="lookup", arguments={"name": fact.person, "attribute": fact.attribute.value})
+    observation, *_ = env.step(get_format("hermes").render([call] * 3))
+    assert observation.split("\n") == [fact.value, fact.value, "too many tool calls in one message (limit 2)"]
+
+
+def test_oversized_action_is_an_error_observation(env):
+    env.reset(seed=0)
+    observation, _, terminated, truncated, _ = env.step("x" * 20_000)
+    assert observation == "message of 20000 characters exceeds the limit of 8192; nothing was run"
+    assert (terminated, truncated) == (False, False)
+    assert len(env.messages[-2]["content"]) == 8192
+
+
+def test_non_text_action_raises(env):
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match="assistant's text"):
+        env.step(42)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [({"split": "test"}, "unknown split"), ({"max_turns": 0}, "max_turns"), ({"tool_format": "xml"}, "format")],
+)
+def test_bad_constructor_arguments(shared_world, kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        ToolUseEnv(shared_world, **kwargs)
+
+
+def test_ansi_render(shared_world):
+    env = ToolUseEnv(shared_world, render_mode="ansi")
+    question, _ = env.reset(seed=0)
+    assert env.render() == f"[user] {question}"
+
+
+def test_environments_of_a_world_share_tool_and_scorer_not_registry(shared_world):
+    first, second = ToolUseEnv(shared_world), ToolUseEnv(shared_world)
+    assert first.scorer is second.scorer
+    assert first.registry["lookup"] is second.registry["lookup"]
+    assert first.registry is not second.registry
+    first.registry.register(takes_nothing)
+    assert "takes_nothing" not in second.registry
+
+
+@tool
+def takes_nothing() -> str:
+    """Return a constant."""
+    return "constant"

@@ -1,0 +1,69 @@
+"""Run directories: where a training run keeps its config, metrics, records and checkpoints.
+
+A new run never writes into a directory that already holds files; ``resume=True`` is the only
+way to continue one, and then metrics and records are appended, never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked (it exists and is not being resumed, or it is not a run)."""
+
+
+def default_name(kind: str, mode: str) -> Path:
+    return Path("runs") / f"{kind}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare(path: str | Path, *, resume: bool) -> Path:
+    """Check ``path`` can hold a new run (or, with ``resume``, is a run) and create it."""
+    path = Path(path)
+    if resume:
+        if not (path / "config.yaml").is_file():
+            raise RunDirError(f"cannot resume {path}: it holds no config.yaml of an earlier run")
+        return path
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunDirError(f"{path} already exists and is not empty; choose another --output_dir or pass --resume")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_config(path: Path, **sections: Any) -> None:
+    """The resolved config, one YAML section per dataclass; kept as config.yaml (earlier ones on resume too)."""
+    data = {name: _plain(section) for name, section in sections.items()}
+    target = path / "config.yaml"
+    if target.exists():
+        target = path / f"config.resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+    target.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def _plain(section: Any) -> Any:
+    if hasattr(section, "to_dict"):
+        return json.loads(json.dumps(section.to_dict(), default=str))
+    if is_dataclass(section):
+        return json.loads(json.dumps(asdict(section), default=str))
+    return section
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = path / "metrics.jsonl"
+
+    def write(self, **row: Any) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **row}, default=str) + "\n")
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]

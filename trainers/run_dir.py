@@ -23,15 +23,20 @@ def default_name(kind: str, mode: str) -> Path:
     return Path("runs") / f"{kind}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare(path: str | Path, *, resume: bool) -> Path:
-    """Check ``path`` can hold a new run (or, with ``resume``, is a run) and create it."""
+def check(path: str | Path, *, resume: bool) -> Path:
+    """Raise unless ``path`` can hold a new run (or, with ``resume``, is a run). Creates nothing."""
     path = Path(path)
     if resume:
         if not (path / "config.yaml").is_file():
             raise RunDirError(f"cannot resume {path}: it holds no config.yaml of an earlier run")
-        return path
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    elif path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise RunDirError(f"{path} already exists and is not empty; choose another --output_dir or pass --resume")
+    return path
+
+
+def prepare(path: str | Path, *, resume: bool) -> Path:
+    """``check`` then create the directory."""
+    path = check(path, resume=resume)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -63,17 +63,26 @@ class SFTScriptConfig:
             "help": "world database (SQLite path or SQLAlchemy URL); built from the world options below if missing"
         },
     )
-    people: int = field(default=500, metadata={"help": "training people in the world (4 facts each)"})
-    unseen_people: int = field(default=100, metadata={"help": "people held out of training, for generalisation"})
+    people: int = field(
+        default=5000,
+        metadata={
+            "help": "training people in the world (4 facts each); thousands make copying cheaper to learn than memorising names"
+        },
+    )
+    unseen_people: int = field(default=250, metadata={"help": "people held out of training, for generalisation"})
     world_seed: int = field(default=0, metadata={"help": "seed of the generated world"})
     phrasings: int = field(
         default=4, metadata={"help": "passes of oracle dialogs over the training facts, each phrased anew"}
     )
     hidden_size: int = field(default=128, metadata={"help": "default model only: hidden size"})
     layers: int = field(default=4, metadata={"help": "default model only: transformer layers"})
-    eval_every: int = field(default=100, metadata={"help": "evaluate recall every N steps (0: only at the end)"})
-    eval_sample: int = field(default=200, metadata={"help": "facts per split in the periodic evaluations"})
-    final_eval_facts: int = field(default=0, metadata={"help": "facts per split in the final evaluation (0: all)"})
+    eval_every: int = field(default=200, metadata={"help": "evaluate recall every N steps (0: only at the end)"})
+    eval_sample: int = field(
+        default=200, metadata={"help": "facts per split (a fixed random sample) in the periodic evaluations"}
+    )
+    final_eval_facts: int = field(
+        default=1000, metadata={"help": "facts per split (a fixed random sample) in the final evaluation (0: all)"}
+    )
     stop_at_recall: float = field(
         default=0.0,
         metadata={"help": "stop early once a periodic evaluation reaches this recall on both splits (0: never)"},
@@ -163,10 +172,14 @@ class _Stop:
     """First SIGINT/SIGTERM: save a checkpoint and stop after the current step. Second: stop now."""
 
     requested = False
+    _previous: dict[int, Any]
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.requested:
@@ -186,14 +199,14 @@ def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
-    out = run_dir.prepare(training.output_dir or run_dir.default_name("sft", cfg.mode), resume=cfg.resume)
+    out = run_dir.check(training.output_dir or run_dir.default_name("sft", cfg.mode), resume=cfg.resume)
     training.output_dir = str(out)
     if not torch.cuda.is_available():
         training.use_cpu = True
     random.seed(training.seed)
 
     spec = WorldSpec(seed=cfg.world_seed, people=cfg.people, unseen_people=cfg.unseen_people)
-    world = ensure_world(spec, cfg.world)
+    world = ensure_world(spec, cfg.world or f"data/world-{spec.people}-{spec.unseen_people}-{spec.seed}.db")
     model, tokenizer = models.load(
         cfg.model,
         chat_template_path=cfg.chat_template,
@@ -205,6 +218,7 @@ def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
             seed=training.seed,
         ),
     )
+    run_dir.prepare(out, resume=cfg.resume)  # only once the world and the model loaded
     run_dir.write_config(out, script=cfg, training=training, world=spec.model_dump(), world_hash=world.content_hash)
     metrics = run_dir.MetricsLog(out)
     dataset = _dataset(world, cfg)
@@ -251,8 +265,11 @@ def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
     except KeyboardInterrupt:
         interrupted = True
         logger.warning("interrupted: checkpoints in %s are kept; continue with --resume true", out)
+    finally:
+        stop.uninstall()
     interrupted = interrupted or stop.requested
     trained = trainer.model
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     if cfg.lora and cfg.merge_lora:
         trained = trained.merge_and_unload()
     if trainer.is_world_process_zero() and not interrupted:
@@ -267,7 +284,7 @@ def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
         mode=cfg.mode,
         model=cfg.model,
         parameters=sum(p.numel() for p in trained.parameters()),
-        trainable_parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        trainable_parameters=trainable,
         steps=trainer.state.global_step,
         wall_seconds=round(time.perf_counter() - started, 1),
         train_recall=final["train_recall"],
@@ -317,9 +334,12 @@ class RecallEvaluator:
         offer = cfg.mode == "in_tool"
         self.env_factory = lambda: ToolUseEnv(world, offer_tools=offer, max_turns=cfg.max_turns)
         self.tools = self.env_factory().tools
-        rng = random.Random(1234)
         self.facts = {split: world.facts(split) for split in ("train", "unseen")}
-        self.samples = {split: rng.sample(f, min(cfg.eval_sample, len(f))) for split, f in self.facts.items()}
+
+    def sample(self, split: str, n: int) -> list[Any]:
+        """A fixed random sample of ``n`` facts (all of them for 0): the same facts at every evaluation."""
+        facts = self.facts[split]
+        return list(facts) if n == 0 or n >= len(facts) else random.Random(1234).sample(facts, n)
 
     def run(self, model: Any, *, sample: int, tag: str) -> dict[str, float]:
         from evals.backends.hf import HFPolicy
@@ -336,7 +356,7 @@ class RecallEvaluator:
         records_dir = self.out / "records"
         records_dir.mkdir(exist_ok=True)
         for split in ("train", "unseen"):
-            facts = self.samples[split] if sample == self.cfg.eval_sample else self.facts[split][: sample or None]
+            facts = self.sample(split, sample)
             if not facts:
                 continue
             result = rollout(

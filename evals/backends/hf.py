@@ -1,4 +1,9 @@
-"""Hugging Face transformers backend: batched greedy ``generate`` with the tokenizer's chat template."""
+"""Hugging Face transformers backend: batched greedy ``generate`` with the tokenizer's chat template.
+
+``chat_prompts`` and ``reply_text`` are shared with the vLLM backend, so both see the same prompt
+tokens and turn the same generated ids into the same text: greedy decoding then gives the same
+records whichever backend runs the model.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,32 @@ import logging
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+
+def chat_prompts(
+    tokenizer: Any, conversations: list[list[dict[str, Any]]], tools: list[dict[str, Any]] | None
+) -> list[list[int]]:
+    """The prompt token ids of each conversation: its chat template rendering plus the assistant header."""
+    texts = [
+        tokenizer.apply_chat_template(c, tools=tools, add_generation_prompt=True, tokenize=False) for c in conversations
+    ]
+    # the template writes every special token itself: adding a BOS again would change the prompt
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def reply_text(tokenizer: Any, ids: list[int]) -> tuple[str, int]:
+    """(assistant text, tokens generated) of one generated id sequence.
+
+    The reply ends at the first end-of-turn (eos) token, which counts as generated but is not
+    returned; padding after it is dropped. Other special tokens are kept, so tool-call tags survive.
+    """
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos in ids:
+        ids = ids[: ids.index(eos) + 1]
+    elif pad is not None and pad != eos:
+        ids = [i for i in ids if i != pad]
+    text = tokenizer.decode([i for i in ids if i not in (eos, pad)], skip_special_tokens=False)
+    return text.strip(), len(ids)
 
 
 class HFPolicy:
@@ -24,6 +55,8 @@ class HFPolicy:
         max_new_tokens: int = 128,
         batch_size: int = 64,
     ):
+        if max_new_tokens < 1 or batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be at least 1")
         self.model = model
         self.tokenizer = tokenizer
         self.tools = tools or None
@@ -45,38 +78,27 @@ class HFPolicy:
         import torch
 
         tok = self.tokenizer
-        prompts = [
-            tok.apply_chat_template(c, tools=self.tools, add_generation_prompt=True, tokenize=False)
-            for c in conversations
-        ]
+        prompts = chat_prompts(tok, conversations, self.tools)
         side = tok.padding_side
         tok.padding_side = "left"  # decoder-only batches must end where generation starts
         try:
-            batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+            batch = tok.pad({"input_ids": prompts}, return_tensors="pt", padding=True).to(self.model.device)
         finally:
             tok.padding_side = side
         was_training = self.model.training
         self.model.eval()
-        with torch.inference_mode():
-            out = self.model.generate(
-                **batch,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-            )
-        if was_training:
-            self.model.train()
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(
+                    **batch,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
+                )
+        finally:
+            if was_training:
+                self.model.train()
         new = out[:, batch["input_ids"].shape[1] :].tolist()
-        texts, counts = [], []
-        for ids in new:
-            if tok.eos_token_id in ids:
-                ids = ids[: ids.index(tok.eos_token_id) + 1]
-            else:
-                ids = [i for i in ids if i != tok.pad_token_id]
-            counts.append(len(ids))
-            text = tok.decode(
-                [i for i in ids if i not in (tok.eos_token_id, tok.pad_token_id)], skip_special_tokens=False
-            )
-            texts.append(text.strip())
-        return texts, counts
+        replies = [reply_text(tok, ids) for ids in new]
+        return [text for text, _ in replies], [count for _, count in replies]

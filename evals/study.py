@@ -415,7 +415,9 @@ class Study:
                     best = min(
                         (s for s in runs if s.emb_dim == d and s.reached_target), key=lambda s: s.steps, default=None
                     )
-                largest_fail = max((s for s in runs if not s.reached_target), key=lambda s: s.params, default=None)
+                failed = [s for s in runs if not s.reached_target]
+                largest_fail = max(failed, key=lambda s: s.params, default=None)
+                best_fail = max(failed, key=lambda s: (s.train_recall, s.params), default=None)
                 row: dict[str, Any] = {
                     "mode": mode,
                     "people": people,
@@ -426,7 +428,9 @@ class Study:
                     "train_recall": best.train_recall if best else None,
                     "unseen_recall": best.unseen_recall if best else None,
                     "largest_failing_params": largest_fail.params if largest_fail else None,
-                    "largest_failing_recall": largest_fail.train_recall if largest_fail else None,
+                    "best_failing_params": best_fail.params if best_fail else None,
+                    "best_failing_recall": best_fail.train_recall if best_fail else None,
+                    "best_failing_unseen_recall": best_fail.unseen_recall if best_fail else None,
                     "runs": len(runs),
                     "bits_per_param": round(4 * people * bits / best.params, 4)
                     if best and mode == "in_weight"
@@ -440,12 +444,20 @@ class Study:
         return rows
 
     def shape(self, rows: list[dict[str, Any]]) -> dict[str, float | None]:
-        """Threshold growth from the fewest to the most people, per mode (paper: in-weight ~linear, in-tool flat)."""
+        """Threshold growth from the fewest to the most people, per mode (paper: in-weight ~linear, in-tool flat).
+        When the most people were not reached, ``<mode>_growth_at_least`` is the largest width tried over the first
+        threshold: a lower bound if success is monotone in width."""
         out: dict[str, float | None] = {}
         for mode in self.cfg.modes:
             mine = [r for r in rows if r["mode"] == mode]
-            first, last = mine[0]["threshold_params"], mine[-1]["threshold_params"]
-            out[f"{mode}_growth"] = round(last / first, 3) if first and last else None
+            first, last = mine[0]["threshold_params"], mine[-1]
+            out[f"{mode}_growth"] = (
+                round(last["threshold_params"] / first, 3) if first and last["threshold_params"] else None
+            )
+            tried = last["largest_failing_params"]
+            out[f"{mode}_growth_at_least"] = (
+                round(tried / first, 3) if first and not last["threshold_params"] and tried else None
+            )
         return out
 
     def write(self, wall: float) -> StudyResult:
@@ -511,7 +523,7 @@ def published_thresholds(path: str | Path, target: float = 0.99) -> dict[tuple[s
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     has_published = any("published_params" in r for r in rows)
-    header = ["mode", "people", "facts", "threshold d", "params", "steps", "unseen recall", "bits/param"]
+    header = ["mode", "people", "facts", "threshold d", "params", "steps", "unseen recall*", "bits/param"]
     header += ["published params", "ours / published"] if has_published else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
@@ -521,7 +533,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         params = cell(r["threshold_params"], "{:,}")
         if r["threshold_params"] is None and r["largest_failing_params"] is not None:
-            params = f"not reached ({cell(r['largest_failing_recall'], '{:.3f}')} at {r['largest_failing_params']:,})"
+            params = (
+                f"not reached up to {r['largest_failing_params']:,} "
+                f"(best {cell(r['best_failing_recall'], '{:.3f}')} at {r['best_failing_params']:,})"
+            )
         values = [
             r["mode"],
             str(r["people"]),
@@ -529,12 +544,17 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             cell(r["threshold_emb_dim"]),
             params,
             cell(r["steps_to_target"]),
-            cell(r["unseen_recall"], "{:.3f}"),
+            cell(r["unseen_recall"], "{:.3f}")
+            if r["threshold_params"]
+            else cell(r["best_failing_unseen_recall"], "({:.3f})"),
             cell(r["bits_per_param"], "{:.3f}"),
         ]
         if has_published:
             values += [cell(r.get("published_params"), "{:,}"), cell(r.get("ratio_to_published"), "{:.2f}")]
         lines.append("| " + " | ".join(values) + " |")
+    lines.append(
+        "\n*in-tool recall on unseen people: of the threshold model, or (in brackets) of the best run when none reached the target"
+    )
     return "\n".join(lines)
 
 

@@ -109,7 +109,7 @@ def test_thresholds_use_the_smallest_passing_width_and_bits_per_parameter(tmp_pa
         )  # fmt: skip
         study._record(("in_weight", 4, d, 0), summary)
     [row] = study.thresholds()
-    assert row["threshold_params"] == 12000 and row["largest_failing_params"] == 8000
+    assert row["threshold_params"] == 12000 and row["largest_failing_params"] == row["best_failing_params"] == 8000
     assert 0 < row["bits_per_param"] < 16 * 16 / 12000
     assert "12,000" in markdown_table([row])
 

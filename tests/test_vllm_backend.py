@@ -3,7 +3,8 @@
 Run in ``.venv-vllm`` (``make vllm-env``): ``.venv-vllm/bin/python -m pytest -m vllm``. A tiny
 default-architecture model is trained for a few hundred steps on the oracle's dialogs so that it
 calls the tool, sometimes with the wrong name or answer: its records hold tool calls, tool errors,
-right and wrong answers, and every one must come out the same from each backend (greedy, float32).
+right and wrong answers. Every record must come out the same from the vllm backend as from hf
+(greedy, float32); from the openai backend too, up to an unreadable tool call (see that test).
 
 The openai backend is tested against a real ``vllm serve`` of that model on 127.0.0.1 (hermes tool
 parser, the model's chat template), started by the test with a bounded wait and always stopped.

@@ -59,7 +59,9 @@ class PretrainConfig(BaseModel):
     max_new_tokens: int = Field(128, ge=1, description="decode limit per assistant message")
     out: str | None = Field(None, description="run directory (default: runs/pretrain/<mode>-p<people>-d<emb>-s<seed>)")
     device: str = Field("cpu", description="cpu, cuda, cuda:1 or auto")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    threads: int | None = Field(
+        1, ge=1, description="torch CPU threads; 1 suits these tiny models (none = torch's choice)"
+    )
     resume: bool = Field(True, description="continue from the run directory's checkpoint if there is one")
     progress: bool = Field(True, description="show progress bars")
 

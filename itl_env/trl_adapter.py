@@ -50,8 +50,6 @@ class FactRecallEnvironment:
     Everything that is not a tool is private or a property: TRL exposes every public method.
     """
 
-    _fact_by_id: dict[str, Fact]
-
     def __init__(self, env: ToolUseEnv, fact_by_id: dict[str, Fact]):
         self._env = env
         self._fact_by_id = fact_by_id
@@ -74,7 +72,7 @@ class FactRecallEnvironment:
                 )
         fact = self._fact_by_id.get(fact_id)
         if fact is None:
-            raise KeyError(f"no fact {fact_id!r} in {self._env.world!r}")
+            raise ValueError(f"no fact {fact_id!r} in {self._env.world!r}")
         if split is not None and split != fact.split:
             raise ValueError(f"fact {fact_id!r} belongs to the {fact.split} split, the row says {split!r}")
         question, _ = self._env.reset(options={"fact": fact, "variant": int(variant)})

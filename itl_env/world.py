@@ -68,6 +68,11 @@ class WorldSpec(BaseModel):
     unseen_people: int = Field(64, ge=0, description="people never seen in training")
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="share of facts drawn independently of the last name")
 
+    def default_path(self) -> str:
+        """Where the trainers keep this world unless told otherwise: one file per spec, so specs never collide."""
+        alpha = "" if self.alpha == 1.0 else f"-a{self.alpha:g}"
+        return f"data/world-{self.people}-{self.unseen_people}-{self.seed}{alpha}.db"
+
 
 @dataclass(frozen=True, slots=True)
 class Fact:

@@ -208,7 +208,6 @@ TINY = ["--hidden_size", "32", "--layers", "1", "--people", "12", "--unseen_peop
         "--save_steps", "2"]  # fmt: skip
 
 
-@pytest.mark.slow  # ~10 s of CPU (two tiny evaluations around two GRPO steps)
 def test_grpo_smoke_run_writes_its_run_dir(tmp_path):
     script, training = grpo.parse([*TINY, "--world", str(tmp_path / "w.db"), "--output_dir", str(tmp_path / "run")])
     result = grpo.main(script, training)

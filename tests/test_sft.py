@@ -212,3 +212,22 @@ def test_smollm2_loads_offline_with_the_tool_template():
     assert sum(p.numel() for p in model.parameters()) > 100_000_000
     assert chat_template.is_training_compatible(tokenizer) and chat_template.supports_tools(tokenizer)
     assert len(tokenizer) == model.get_input_embeddings().weight.shape[0]
+
+
+def test_dataset_is_cut_to_the_dialogs_max_steps_consumes(shared_world):
+    script, training = sft.parse([*TINY, "--max_steps", "2", "--gradient_accumulation_steps", "3"])
+    rows = sft._rows_consumed(training)
+    assert rows == 2 * 8 * 3
+    assert len(sft._dataset(shared_world, script, rows)) == rows
+    script, training = sft.parse([*TINY, "--max_steps", "-1", "--num_train_epochs", "1"])
+    assert sft._rows_consumed(training) is None
+    assert len(sft._dataset(shared_world, script, None)) == len(shared_world.facts("train"))
+
+
+def test_world_defaults_to_one_file_per_spec():
+    script, _ = sft.parse(["--people", "300", "--unseen_people", "20", "--world_seed", "2"])
+    assert script.world is None
+    from itl_env.world import WorldSpec
+
+    assert WorldSpec(seed=2, people=300, unseen_people=20).default_path() == "data/world-300-20-2.db"
+    assert WorldSpec(people=3, unseen_people=1, alpha=0.5).default_path() == "data/world-3-1-0-a0.5.db"

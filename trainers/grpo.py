@@ -1,8 +1,8 @@
 """GRPO with TRL through the environment: the model plays ``ToolUseEnv``, rewarded by exact scoring.
 
-    python trainers/grpo.py --model runs/sft-in_tool-.../model --people 2000   # continue an SFT model
-    python trainers/grpo.py --model runs/grpo-start/model --people 2000 --max_steps 60 --output_dir runs/grpo
-    python trainers/grpo.py --config configs/grpo_cpu.yaml --model runs/grpo-start/model
+    python trainers/grpo.py --model runs/sft-in_tool-.../model                  # continue an SFT model (same world options)
+    python trainers/grpo.py --model runs/sft-in_tool-.../checkpoint-500 --max_steps 60 --output_dir runs/grpo
+    python trainers/grpo.py --config configs/grpo_cpu.yaml --model runs/sft-in_tool-.../checkpoint-500   # README demo
     python trainers/grpo.py --model path/to/hf_model --use_vllm true --vllm_mode colocate   # GPU, vLLM rollouts
     python trainers/grpo.py --output_dir runs/my-grpo --resume true                         # continue a run
 
@@ -57,9 +57,11 @@ class GRPOScriptConfig:
     chat_template: str | None = field(
         default=None, metadata={"help": "Jinja chat template file to use instead of the model's"}
     )
-    world: str = field(
-        default="data/world.db",
-        metadata={"help": "world database (SQLite path or SQLAlchemy URL); built from the options below if missing"},
+    world: str | None = field(
+        default=None,
+        metadata={
+            "help": "world database (SQLite path or SQLAlchemy URL); built from the options below if missing (default: data/world-<people>-<unseen_people>-<world_seed>.db)"
+        },
     )
     people: int = field(default=5000, metadata={"help": "training people in the world (as in the model's SFT run)"})
     unseen_people: int = field(default=250, metadata={"help": "people held out of training (as in the SFT run)"})
@@ -201,7 +203,7 @@ def main(cfg: GRPOScriptConfig, training: Any) -> RunResult:
     random.seed(training.seed)
 
     spec = WorldSpec(seed=cfg.world_seed, people=cfg.people, unseen_people=cfg.unseen_people)
-    world = ensure_world(spec, cfg.world)
+    world = ensure_world(spec, cfg.world or spec.default_path())
     _check_same_world(cfg.model, world.content_hash)
     model, tokenizer = models.load(
         cfg.model,
@@ -343,8 +345,8 @@ def print_summary(result: RunResult) -> None:
         ("last logged reward", "-" if result.last_reward_mean is None else f"{result.last_reward_mean:.3f}"),
         ("recall, training facts", recall(result.initial_train_recall, result.train_recall)),
         ("recall, unseen people", recall(result.initial_unseen_recall, result.unseen_recall)),
-        ("tool-call rate", f"{result.tool_call_rate:.3f}"),
-        ("parse-error rate", f"{result.parse_error_rate:.3f}"),
+        ("tool-call rate, both splits", f"{result.tool_call_rate:.3f}"),
+        ("parse-error rate, both splits", f"{result.parse_error_rate:.3f}"),
         ("run directory", result.run_dir),
     ]
     width = max(len(k) for k, _ in rows)

@@ -30,47 +30,23 @@ if __package__ in (None, ""):  # `python trainers/grpo.py` puts trainers/ first 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import yaml
-from pydantic import BaseModel, ConfigDict
 
 from trainers import run_dir
+from trainers.options import RunOptions, RunResult
 
 logger = logging.getLogger("trainers.grpo")
 
-MODES = ("in_tool", "in_weight")
-
 
 @dataclass
-class GRPOScriptConfig:
-    """What to train, on which facts, and how to evaluate it (TRL's GRPOConfig holds the optimisation settings)."""
+class GRPOScriptConfig(RunOptions):
+    """What to train, on which facts, and how to evaluate it (TRL's GRPOConfig holds the optimisation settings).
 
-    mode: str = field(
-        default="in_tool",
-        metadata={"help": "in_tool (the lookup tool is offered) or in_weight (no tools)", "choices": list(MODES)},
-    )
-    model: str = field(
-        default="default",
-        metadata={
-            "help": "a trained model directory (e.g. runs/<sft run>/model), 'default' (embedded small Llama, untrained), "
-            "'smollm2-135m', or a Hugging Face id"
-        },
-    )
-    chat_template: str | None = field(
-        default=None, metadata={"help": "Jinja chat template file to use instead of the model's"}
-    )
-    world: str | None = field(
-        default=None,
-        metadata={
-            "help": "world database (SQLite path or SQLAlchemy URL); built from the options below if missing (default: data/world-<people>-<unseen_people>-<world_seed>.db)"
-        },
-    )
-    people: int = field(default=5000, metadata={"help": "training people in the world (as in the model's SFT run)"})
-    unseen_people: int = field(default=250, metadata={"help": "people held out of training (as in the SFT run)"})
-    world_seed: int = field(default=0, metadata={"help": "seed of the generated world (as in the SFT run)"})
+    The world options must be those of the model's SFT run: its unseen people must stay unseen.
+    """
+
     train_facts: int = field(
         default=0, metadata={"help": "facts of training people used as GRPO prompts (a fixed random sample; 0: all)"}
     )
-    hidden_size: int = field(default=128, metadata={"help": "default model only: hidden size"})
-    layers: int = field(default=4, metadata={"help": "default model only: transformer layers"})
     max_turns: int = field(
         default=3,
         metadata={
@@ -82,61 +58,26 @@ class GRPOScriptConfig:
         metadata={"help": "evaluate before training, on the final evaluation's facts (recall before/after)"},
     )
     eval_every: int = field(default=50, metadata={"help": "evaluate recall every N steps (0: only before and after)"})
-    eval_sample: int = field(
-        default=200, metadata={"help": "facts per split (a fixed random sample) in the periodic evaluations"}
-    )
-    final_eval_facts: int = field(
-        default=1000,
-        metadata={"help": "facts per split (a fixed random sample) in the initial and final evaluations (0: all)"},
-    )
-    eval_batch_size: int = field(default=128, metadata={"help": "episodes played in lockstep during evaluation"})
-    max_new_tokens: int = field(default=96, metadata={"help": "tokens generated per assistant turn at evaluation"})
-    lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (PEFT) instead of all weights"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "comma-separated module names, or all-linear"}
-    )
-    merge_lora: bool = field(default=True, metadata={"help": "merge the adapter into the saved final model"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --output_dir from its last checkpoint"})
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in (
-            "people",
-            "eval_sample",
-            "eval_batch_size",
-            "max_new_tokens",
-            "max_turns",
-            "hidden_size",
-            "layers",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
-        for name in ("train_facts", "eval_every", "final_eval_facts", "unseen_people"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must not be negative")
+    non_negative = (*RunOptions.non_negative, "train_facts")
 
 
-class RunResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    run_dir: str
-    mode: str
-    model: str
-    parameters: int
-    trainable_parameters: int
-    steps: int
-    wall_seconds: float
+class GRPOResult(RunResult):
     initial_train_recall: float | None
     initial_unseen_recall: float | None
-    train_recall: float
-    unseen_recall: float
-    tool_call_rate: float
-    parse_error_rate: float
     last_reward_mean: float | None
-    interrupted: bool = False
+
+    def rows(self) -> list[tuple[str, str]]:
+        def recall(before: float | None, after: float) -> str:
+            return f"{after:.3f}" if before is None else f"{before:.3f} -> {after:.3f}"
+
+        changed = {
+            "recall, training facts": recall(self.initial_train_recall, self.train_recall),
+            "recall, unseen people": recall(self.initial_unseen_recall, self.unseen_recall),
+        }
+        rows = [(k, changed.get(k, v)) for k, v in super().rows()]
+        reward = "-" if self.last_reward_mean is None else f"{self.last_reward_mean:.3f}"
+        return [*rows[:6], ("last logged reward", reward), *rows[6:]]
 
 
 def training_defaults() -> dict[str, Any]:
@@ -176,15 +117,12 @@ def parse(argv: list[str] | None = None) -> tuple[GRPOScriptConfig, Any]:
     return script, training
 
 
-def main(cfg: GRPOScriptConfig, training: Any) -> RunResult:
+def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
     import torch
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
-    from evals import models
-    from evals.default_model import DefaultModelConfig
     from itl_env.trl_adapter import answered, environment_factory, grpo_dataset
-    from itl_env.world import WorldSpec, ensure_world
     from trainers.sft import RecallEvaluator, _last_checkpoint, _lora, _Stop
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -202,22 +140,13 @@ def main(cfg: GRPOScriptConfig, training: Any) -> RunResult:
         training.use_cpu = True
     random.seed(training.seed)
 
-    spec = WorldSpec(seed=cfg.world_seed, people=cfg.people, unseen_people=cfg.unseen_people)
-    world = ensure_world(spec, cfg.world or spec.default_path())
+    world = cfg.open_world()
     _check_same_world(cfg.model, world.content_hash)
-    model, tokenizer = models.load(
-        cfg.model,
-        chat_template_path=cfg.chat_template,
-        default_config=DefaultModelConfig(
-            hidden_size=cfg.hidden_size,
-            layers=cfg.layers,
-            heads=max(1, cfg.hidden_size // 32),
-            intermediate_size=3 * cfg.hidden_size,
-            seed=training.seed,
-        ),
-    )
+    model, tokenizer = cfg.load_model(seed=training.seed)
     run_dir.prepare(out, resume=cfg.resume)  # only once the world and the model loaded
-    run_dir.write_config(out, script=cfg, training=training, world=spec.model_dump(), world_hash=world.content_hash)
+    run_dir.write_config(
+        out, script=cfg, training=training, world=cfg.world_spec().model_dump(), world_hash=world.content_hash
+    )
     metrics = run_dir.MetricsLog(out)
     facts = world.facts("train")
     if cfg.train_facts and cfg.train_facts < len(facts):
@@ -277,7 +206,7 @@ def main(cfg: GRPOScriptConfig, training: Any) -> RunResult:
         tokenizer.save_pretrained(out / "model")
         final = evaluator.run(trained, sample=cfg.final_eval_facts, tag="final")
         metrics.write(step=trainer.state.global_step, **{f"final/{k}": v for k, v in final.items()})
-    result = RunResult(
+    result = GRPOResult(
         run_dir=str(out),
         mode=cfg.mode,
         model=cfg.model,
@@ -331,30 +260,6 @@ def _check_same_world(model: str, world_hash: str) -> None:
         )
 
 
-def print_summary(result: RunResult) -> None:
-    def recall(before: float | None, after: float) -> str:
-        return f"{after:.3f}" if before is None else f"{before:.3f} -> {after:.3f}"
-
-    rows = [
-        ("mode", result.mode),
-        ("model", result.model),
-        ("parameters", f"{result.parameters:,}"),
-        ("trainable parameters", f"{result.trainable_parameters:,}"),
-        ("steps", result.steps),
-        ("wall time", f"{result.wall_seconds:.0f} s"),
-        ("last logged reward", "-" if result.last_reward_mean is None else f"{result.last_reward_mean:.3f}"),
-        ("recall, training facts", recall(result.initial_train_recall, result.train_recall)),
-        ("recall, unseen people", recall(result.initial_unseen_recall, result.unseen_recall)),
-        ("tool-call rate, both splits", f"{result.tool_call_rate:.3f}"),
-        ("parse-error rate, both splits", f"{result.parse_error_rate:.3f}"),
-        ("run directory", result.run_dir),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    if result.interrupted:
-        print(f"interrupted: continue with  python trainers/grpo.py --output_dir {result.run_dir} --resume true")
-
-
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -362,5 +267,5 @@ if __name__ == "__main__":
         outcome = main(script_cfg, training_cfg)
     except (run_dir.RunDirError, ValueError, FileNotFoundError) as err:
         sys.exit(f"trainers/grpo.py: error: {err}")
-    print_summary(outcome)
+    outcome.print("trainers/grpo.py")
     sys.exit(130 if outcome.interrupted else 0)

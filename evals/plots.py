@@ -46,7 +46,7 @@ def plot_params_vs_facts(
                 label=f"{LABELS[mode]}: not reached",
             )
     if published:
-        from evals.study import published_thresholds
+        from evals.study_report import published_thresholds
 
         pub = published_thresholds(published, target)
         for mode in LABELS:

@@ -26,14 +26,12 @@ parameter for in-weight, unseen-people recall for in-tool, the published thresho
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 if __package__ in (None, ""):  # `python evals/study.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from evals.study_launch import Launcher, SlurmConfig
+from evals.study_report import bits_per_fact, markdown_table, published_thresholds, write_csv
 from trainers.nanollama.train import TrainConfig
 from trainers.pretrain import PretrainConfig, RunSummary, finished_summary
 
@@ -49,16 +49,6 @@ logger = logging.getLogger("evals.study")
 
 Mode = Literal["in_weight", "in_tool"]
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "study"
-
-
-class SlurmConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    partition: str | None = Field(None, description="Slurm partition")
-    timeout_min: int = Field(120, ge=1, description="Slurm time limit per run, minutes")
-    cpus_per_task: int = Field(4, ge=1, description="CPUs per Slurm task")
-    mem_gb: int | None = Field(None, description="memory per Slurm job, GB")
-    cluster: str | None = Field(None, description="submitit cluster: None = auto (slurm), 'local' or 'debug' to test")
 
 
 class StudyConfig(BaseModel):
@@ -161,93 +151,6 @@ class SizeSearch:
         """Index of the smallest passing width (None if none passed)."""
         passing = [i for i, ok in self.results.items() if ok]
         return min(passing) if passing else None
-
-
-# -- running one trial (in a worker process, a Slurm job, or here) -------------------------------
-def run_trial(cfg_json: str, gpus: int = 0) -> dict[str, Any]:
-    """Train one run (all its seeds are separate trials) and return its ``RunSummary`` as a dict."""
-    logging.basicConfig(level=logging.WARNING)
-    cfg = PretrainConfig.model_validate_json(cfg_json)
-    if gpus > 1:
-        return _run_torchrun(cfg, gpus)
-    from trainers.pretrain import main
-
-    return main(cfg).model_dump()
-
-
-def run_slurm_trial(cfg_json: str, gpus: int = 0) -> dict[str, Any]:
-    """Slurm entry: with several tasks (one per GPU) set up torch.distributed from Slurm's variables."""
-    if gpus > 1:
-        import submitit
-
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    logging.basicConfig(level=logging.WARNING)
-    from trainers.pretrain import main
-
-    return main(PretrainConfig.model_validate_json(cfg_json)).model_dump()
-
-
-def _run_torchrun(cfg: PretrainConfig, gpus: int) -> dict[str, Any]:
-    import subprocess
-
-    run_dir = cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    request = run_dir / "request.json"
-    request.write_text(cfg.model_dump_json(indent=2), encoding="utf-8")  # JSON is YAML: pretrain --config reads it
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "-m", "trainers.pretrain"]
-    subprocess.run([*command, "--config", str(request)], check=True, cwd=Path(__file__).resolve().parent.parent)
-    return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-
-
-class Launcher:
-    """Runs trials and hands back futures: a local process pool, this process, or Slurm via submitit."""
-
-    def __init__(self, cfg: StudyConfig):
-        self.cfg = cfg
-        self._pool: Any = None
-        self._waiters: ThreadPoolExecutor | None = None
-        if cfg.launcher == "slurm":
-            import submitit
-
-            self._executor = submitit.AutoExecutor(folder=str(cfg.out_dir() / "slurm"), cluster=cfg.slurm.cluster)
-            params: dict[str, Any] = {"timeout_min": cfg.slurm.timeout_min, "cpus_per_task": cfg.slurm.cpus_per_task}
-            if cfg.gpus_per_run:
-                params |= {"gpus_per_node": cfg.gpus_per_run, "tasks_per_node": max(1, cfg.gpus_per_run)}
-            if cfg.slurm.partition:
-                params["slurm_partition"] = cfg.slurm.partition
-            if cfg.slurm.mem_gb:
-                params["mem_gb"] = cfg.slurm.mem_gb
-            self._executor.update_parameters(**params)
-            self._waiters = ThreadPoolExecutor(max_workers=64)
-        elif cfg.workers > 0:
-            import multiprocessing
-
-            self._pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
-
-    @property
-    def slots(self) -> int:
-        return 10_000 if self.cfg.launcher == "slurm" else max(1, self.cfg.workers)
-
-    def submit(self, run: PretrainConfig) -> Future:
-        payload = run.model_dump_json()
-        if self._waiters is not None:
-            job = self._executor.submit(run_slurm_trial, payload, self.cfg.gpus_per_run)
-            logger.info("submitted Slurm job %s for %s", job.job_id, run.run_dir().name)
-            return self._waiters.submit(job.result)
-        if self._pool is not None:
-            return self._pool.submit(run_trial, payload, self.cfg.gpus_per_run)
-        future: Future = Future()
-        try:
-            future.set_result(run_trial(payload, self.cfg.gpus_per_run))
-        except Exception as err:  # noqa: BLE001  (handed to the caller through the future, like a pool would)
-            future.set_exception(err)
-        return future
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-        if self._waiters is not None:
-            self._waiters.shutdown(cancel_futures=True)
 
 
 # -- the study ------------------------------------------------------------------------------------
@@ -398,7 +301,7 @@ class Study:
     def _write_results(self) -> None:
         rows = [s.model_dump() for _, s in sorted(self.summaries.items())]
         if rows:
-            _write_csv(self.cfg.out_dir() / "results.csv", rows)
+            write_csv(self.cfg.out_dir() / "results.csv", rows)
 
     def thresholds(self) -> list[dict[str, Any]]:
         published = published_thresholds(self.cfg.published, self.cfg.train.target_recall) if self.cfg.published else {}
@@ -464,7 +367,7 @@ class Study:
         out = self.cfg.out_dir()
         self._write_results()
         rows = self.thresholds()
-        _write_csv(out / "thresholds.csv", rows)
+        write_csv(out / "thresholds.csv", rows)
         (out / "thresholds.md").write_text(markdown_table(rows) + "\n", encoding="utf-8")
         result = StudyResult(
             out=str(out),
@@ -484,78 +387,6 @@ class Study:
         except ImportError as err:  # matplotlib is optional: the tables are the result
             logger.warning("no plot (%s); pip install matplotlib", err)
         return result
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
-def bits_per_fact() -> float:
-    """Mean information of one fact of an independent world: log2 of its number of possible values."""
-    from itl_env import world
-    from tools.facts import Attribute
-
-    sizes = {a: len(world.atoms(kind)) for a, kind in world.ATTRIBUTE_ATOMS.items()}
-    sizes[Attribute.birth_date] = world._BIRTH_DAYS  # birth dates are drawn uniformly from this many days
-    return sum(math.log2(n) for n in sizes.values()) / len(sizes)
-
-
-def published_thresholds(path: str | Path, target: float = 0.99) -> dict[tuple[str, int], int]:
-    """Smallest ``nb_params`` reaching ``target`` accuracy (best seed) per (mode, people) in the paper's grid CSV."""
-    modes = {"qa": "in_weight", "qatool": "in_tool"}
-    best: dict[tuple[str, int], int] = {}
-    with Path(path).open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            mode = modes.get(row["data.key"])
-            if mode is None or float(row["accuracy_best"]) < target:
-                continue
-            key = (mode, int(row["data.nb_data"]))
-            best[key] = min(best.get(key, math.inf), int(float(row["nb_params"])))
-    return best
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    has_published = any("published_params" in r for r in rows)
-    header = ["mode", "people", "facts", "threshold d", "params", "steps", "unseen recall*", "bits/param"]
-    header += ["published params", "ours / published"] if has_published else []
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-
-    def cell(v: Any, fmt: str = "{}") -> str:
-        return "-" if v is None else fmt.format(v)
-
-    for r in rows:
-        params = cell(r["threshold_params"], "{:,}")
-        if r["threshold_params"] is None and r["largest_failing_params"] is not None:
-            params = (
-                f"not reached up to {r['largest_failing_params']:,} "
-                f"(best {cell(r['best_failing_recall'], '{:.3f}')} at {r['best_failing_params']:,})"
-            )
-        values = [
-            r["mode"],
-            str(r["people"]),
-            f"{r['facts']:,}",
-            cell(r["threshold_emb_dim"]),
-            params,
-            cell(r["steps_to_target"]),
-            cell(r["unseen_recall"], "{:.3f}")
-            if r["threshold_params"]
-            else cell(r["best_failing_unseen_recall"], "({:.3f})"),
-            cell(r["bits_per_param"], "{:.3f}"),
-        ]
-        if has_published:
-            values += [cell(r.get("published_params"), "{:,}"), cell(r.get("ratio_to_published"), "{:.2f}")]
-        lines.append("| " + " | ".join(values) + " |")
-    lines.append(
-        "\n*in-tool recall on unseen people: of the threshold model, or (in brackets) of the best run when none reached the target"
-    )
-    return "\n".join(lines)
 
 
 def load_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> StudyConfig:

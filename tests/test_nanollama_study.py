@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from evals.study import Launcher, SizeSearch, Study, StudyConfig, main, markdown_table, parse, published_thresholds
+from evals.study import SizeSearch, Study, StudyConfig, main, parse
+from evals.study_launch import Launcher
+from evals.study_report import markdown_table, published_thresholds
 from trainers.nanollama.train import TrainConfig
 
 

@@ -1,0 +1,119 @@
+"""Where the study's runs execute: a local process pool, this process, or Slurm through submitit.
+
+One run is one ``trainers/pretrain.py`` configuration; several GPUs per run go through torchrun
+(DDP). Futures come back to ``evals.study.Study``, which only decides what to run next.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainers.pretrain import PretrainConfig
+
+if TYPE_CHECKING:
+    from evals.study import StudyConfig
+
+logger = logging.getLogger("evals.study")
+
+
+class SlurmConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    partition: str | None = Field(None, description="Slurm partition")
+    timeout_min: int = Field(120, ge=1, description="Slurm time limit per run, minutes")
+    cpus_per_task: int = Field(4, ge=1, description="CPUs per Slurm task")
+    mem_gb: int | None = Field(None, description="memory per Slurm job, GB")
+    cluster: str | None = Field(None, description="submitit cluster: None = auto (slurm), 'local' or 'debug' to test")
+
+
+def run_trial(cfg_json: str, gpus: int = 0) -> dict[str, Any]:
+    """Train one run (all its seeds are separate trials) and return its ``RunSummary`` as a dict."""
+    logging.basicConfig(level=logging.WARNING)
+    cfg = PretrainConfig.model_validate_json(cfg_json)
+    if gpus > 1:
+        return _run_torchrun(cfg, gpus)
+    from trainers.pretrain import main
+
+    return main(cfg).model_dump()
+
+
+def run_slurm_trial(cfg_json: str, gpus: int = 0) -> dict[str, Any]:
+    """Slurm entry: with several tasks (one per GPU) set up torch.distributed from Slurm's variables."""
+    if gpus > 1:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    logging.basicConfig(level=logging.WARNING)
+    from trainers.pretrain import main
+
+    return main(PretrainConfig.model_validate_json(cfg_json)).model_dump()
+
+
+def _run_torchrun(cfg: PretrainConfig, gpus: int) -> dict[str, Any]:
+    import subprocess
+
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    request = run_dir / "request.json"
+    request.write_text(cfg.model_dump_json(indent=2), encoding="utf-8")  # JSON is YAML: pretrain --config reads it
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "-m", "trainers.pretrain"]
+    subprocess.run([*command, "--config", str(request)], check=True, cwd=Path(__file__).resolve().parent.parent)
+    return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+
+
+class Launcher:
+    """Runs trials and hands back futures: a local process pool, this process, or Slurm via submitit."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self._pool: Any = None
+        self._waiters: ThreadPoolExecutor | None = None
+        if cfg.launcher == "slurm":
+            import submitit
+
+            self._executor = submitit.AutoExecutor(folder=str(cfg.out_dir() / "slurm"), cluster=cfg.slurm.cluster)
+            params: dict[str, Any] = {"timeout_min": cfg.slurm.timeout_min, "cpus_per_task": cfg.slurm.cpus_per_task}
+            if cfg.gpus_per_run:
+                params |= {"gpus_per_node": cfg.gpus_per_run, "tasks_per_node": max(1, cfg.gpus_per_run)}
+            if cfg.slurm.partition:
+                params["slurm_partition"] = cfg.slurm.partition
+            if cfg.slurm.mem_gb:
+                params["mem_gb"] = cfg.slurm.mem_gb
+            self._executor.update_parameters(**params)
+            self._waiters = ThreadPoolExecutor(max_workers=64)
+        elif cfg.workers > 0:
+            import multiprocessing
+
+            self._pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    @property
+    def slots(self) -> int:
+        return 10_000 if self.cfg.launcher == "slurm" else max(1, self.cfg.workers)
+
+    def submit(self, run: PretrainConfig) -> Future:
+        payload = run.model_dump_json()
+        if self._waiters is not None:
+            job = self._executor.submit(run_slurm_trial, payload, self.cfg.gpus_per_run)
+            logger.info("submitted Slurm job %s for %s", job.job_id, run.run_dir().name)
+            return self._waiters.submit(job.result)
+        if self._pool is not None:
+            return self._pool.submit(run_trial, payload, self.cfg.gpus_per_run)
+        future: Future = Future()
+        try:
+            future.set_result(run_trial(payload, self.cfg.gpus_per_run))
+        except Exception as err:  # noqa: BLE001  (handed to the caller through the future, like a pool would)
+            future.set_exception(err)
+        return future
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+        if self._waiters is not None:
+            self._waiters.shutdown(cancel_futures=True)

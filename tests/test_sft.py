@@ -231,3 +231,12 @@ def test_world_defaults_to_one_file_per_spec():
 
     assert WorldSpec(seed=2, people=300, unseen_people=20).default_path() == "data/world-300-20-2.db"
     assert WorldSpec(people=3, unseen_people=1, alpha=0.5).default_path() == "data/world-3-1-0-a0.5.db"
+
+
+def test_without_output_dir_each_run_gets_its_own_directory():
+    _, training = sft.parse([])
+    from trainers import run_dir
+
+    first = run_dir.resolve(training.output_dir, "sft", "in_tool")
+    assert first.parent.name == "runs" and first.name.startswith("sft-in_tool-")
+    assert run_dir.resolve("somewhere/else", "sft", "in_tool").as_posix() == "somewhere/else"

@@ -83,7 +83,7 @@ class GRPOResult(RunResult):
 def training_defaults() -> dict[str, Any]:
     """TRL GRPOConfig values that suit a small model on a CPU; every one can be overridden."""
     return {
-        "output_dir": None,
+        "output_dir": run_dir.AUTO,
         "max_steps": 100,
         "per_device_train_batch_size": 32,  # 4 questions x 8 generations per step
         "num_generations": 8,
@@ -134,7 +134,7 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
             "--use_vllm loads the weights from disk: pass a model directory (an SFT run's model/, or one written "
             "by evals.default_model.save), not 'default'"
         )
-    out = run_dir.check(training.output_dir or run_dir.default_name("grpo", cfg.mode), resume=cfg.resume)
+    out = run_dir.check(run_dir.resolve(training.output_dir, "grpo", cfg.mode), resume=cfg.resume)
     training.output_dir = str(out)
     if not torch.cuda.is_available():
         training.use_cpu = True

@@ -19,8 +19,18 @@ class RunDirError(ValueError):
     """The run directory cannot be used as asked (it exists and is not being resumed, or it is not a run)."""
 
 
+# The trainers' --output_dir default. Not None: TRL's configs replace None by "trainer_output", a
+# fixed directory that a second run would refuse to reuse.
+AUTO = "runs/<kind>-<mode>-<time>"
+
+
 def default_name(kind: str, mode: str) -> Path:
     return Path("runs") / f"{kind}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve(output_dir: str | None, kind: str, mode: str) -> Path:
+    """The run directory asked for, or a fresh timestamped one under runs/ when none was given."""
+    return default_name(kind, mode) if output_dir in (None, AUTO) else Path(output_dir)
 
 
 def check(path: str | Path, *, resume: bool) -> Path:

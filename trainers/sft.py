@@ -52,7 +52,7 @@ class SFTScriptConfig(RunOptions):
 def training_defaults() -> dict[str, Any]:
     """TRL SFTConfig values that suit the embedded model on a CPU; every one can be overridden."""
     return {
-        "output_dir": None,
+        "output_dir": run_dir.AUTO,
         "max_steps": 2000,
         "per_device_train_batch_size": 32,
         "learning_rate": 3e-3,
@@ -113,7 +113,7 @@ def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
-    out = run_dir.check(training.output_dir or run_dir.default_name("sft", cfg.mode), resume=cfg.resume)
+    out = run_dir.check(run_dir.resolve(training.output_dir, "sft", cfg.mode), resume=cfg.resume)
     training.output_dir = str(out)
     if not torch.cuda.is_available():
         training.use_cpu = True

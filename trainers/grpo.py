@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # `python trainers/grpo.py` puts trainers/ first 
 import yaml
 
 from trainers import run_dir
-from trainers.options import RunOptions, RunResult
+from trainers.options import RunOptions, RunResult, parse_args
 
 logger = logging.getLogger("trainers.grpo")
 
@@ -106,15 +106,11 @@ def training_defaults() -> dict[str, Any]:
 
 
 def parse(argv: list[str] | None = None) -> tuple[GRPOScriptConfig, Any]:
-    from trl import GRPOConfig, TrlParser
+    from trl import GRPOConfig
 
-    parser = TrlParser((GRPOScriptConfig, GRPOConfig), prog="trainers/grpo.py", description=__doc__)
-    parser.set_defaults(**training_defaults())
-    try:
-        script, training = parser.parse_args_and_config(args=argv)
-    except ValueError as err:  # unknown keys in --config, bad values
-        parser.error(str(err))
-    return script, training
+    return parse_args(
+        GRPOScriptConfig, GRPOConfig, prog="trainers/grpo.py", doc=__doc__, defaults=training_defaults(), argv=argv
+    )
 
 
 def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
@@ -123,7 +119,7 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
     from trl import GRPOTrainer
 
     from itl_env.trl_adapter import answered, environment_factory, grpo_dataset
-    from trainers.sft import RecallEvaluator, _last_checkpoint, _lora, _Stop
+    from trainers.sft import RecallEvaluator, _lora, _Stop, train_and_finish
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental in TRL 1.16
@@ -187,25 +183,7 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
         callbacks=[Progress()],
         environment_factory=environment_factory(world, offer_tools=cfg.mode == "in_tool", max_turns=cfg.max_turns),
     )
-    interrupted = False
-    try:
-        trainer.train(resume_from_checkpoint=_last_checkpoint(out) if cfg.resume else None)
-    except KeyboardInterrupt:
-        interrupted = True
-        logger.warning("interrupted: checkpoints in %s are kept; continue with --resume true", out)
-    finally:
-        stop.uninstall()
-    interrupted = interrupted or stop.requested
-    trained = trainer.model
-    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    if cfg.lora and cfg.merge_lora:
-        trained = trained.merge_and_unload()
-    final = {"train_recall": 0.0, "unseen_recall": 0.0, "tool_call_rate": 0.0, "parse_error_rate": 0.0}
-    if trainer.is_world_process_zero() and not interrupted:
-        trained.save_pretrained(out / "model")
-        tokenizer.save_pretrained(out / "model")
-        final = evaluator.run(trained, sample=cfg.final_eval_facts, tag="final")
-        metrics.write(step=trainer.state.global_step, **{f"final/{k}": v for k, v in final.items()})
+    trained, trainable, final, interrupted = train_and_finish(trainer, cfg, stop, evaluator, metrics, tokenizer, out)
     result = GRPOResult(
         run_dir=str(out),
         mode=cfg.mode,

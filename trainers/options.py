@@ -117,6 +117,27 @@ class RunOptions:
         )
 
 
+def parse_args(
+    script: type[RunOptions],
+    trl_config: type,
+    *,
+    prog: str,
+    doc: str | None,
+    defaults: dict[str, Any],
+    argv: list[str] | None,
+) -> tuple[Any, Any]:
+    """(our options, TRL's config) from the command line and ``--config`` YAML; bad keys or values exit with usage."""
+    from trl import TrlParser
+
+    parser = TrlParser((script, trl_config), prog=prog, description=doc)
+    parser.set_defaults(**defaults)
+    try:
+        return tuple(parser.parse_args_and_config(args=argv))
+    except ValueError as err:  # unknown keys in --config, bad values
+        parser.error(str(err))
+        raise
+
+
 class RunResult(BaseModel):
     """What a finished (or interrupted) run reports; written to ``summary.json``."""
 

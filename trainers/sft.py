@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # `python trainers/sft.py` puts trainers/ first o
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from trainers import run_dir
-from trainers.options import RunOptions, RunResult
+from trainers.options import RunOptions, RunResult, parse_args
 
 logger = logging.getLogger("trainers.sft")
 
@@ -75,15 +75,11 @@ def training_defaults() -> dict[str, Any]:
 
 
 def parse(argv: list[str] | None = None) -> tuple[SFTScriptConfig, Any]:
-    from trl import SFTConfig, TrlParser
+    from trl import SFTConfig
 
-    parser = TrlParser((SFTScriptConfig, SFTConfig), prog="trainers/sft.py", description=__doc__)
-    parser.set_defaults(**training_defaults())
-    try:
-        script, training = parser.parse_args_and_config(args=argv)
-    except ValueError as err:  # unknown keys in --config, bad values
-        parser.error(str(err))
-    return script, training
+    return parse_args(
+        SFTScriptConfig, SFTConfig, prog="trainers/sft.py", doc=__doc__, defaults=training_defaults(), argv=argv
+    )
 
 
 class _Stop:
@@ -163,27 +159,7 @@ def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
         peft_config=_lora(cfg),
         callbacks=[Progress()],
     )
-    resume_from = _last_checkpoint(out) if cfg.resume else None
-    interrupted = False
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    except KeyboardInterrupt:
-        interrupted = True
-        logger.warning("interrupted: checkpoints in %s are kept; continue with --resume true", out)
-    finally:
-        stop.uninstall()
-    interrupted = interrupted or stop.requested
-    trained = trainer.model
-    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    if cfg.lora and cfg.merge_lora:
-        trained = trained.merge_and_unload()
-    if trainer.is_world_process_zero() and not interrupted:
-        trained.save_pretrained(out / "model")
-        tokenizer.save_pretrained(out / "model")
-    final = {"train_recall": 0.0, "unseen_recall": 0.0, "tool_call_rate": 0.0, "parse_error_rate": 0.0}
-    if trainer.is_world_process_zero() and not interrupted:
-        final = evaluator.run(trained, sample=cfg.final_eval_facts, tag="final")
-        metrics.write(step=trainer.state.global_step, **{f"final/{k}": v for k, v in final.items()})
+    trained, trainable, final, interrupted = train_and_finish(trainer, cfg, stop, evaluator, metrics, tokenizer, out)
     result = RunResult(
         run_dir=str(out),
         mode=cfg.mode,
@@ -202,6 +178,36 @@ def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
         (out / "summary.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
     world.close()
     return result
+
+
+def train_and_finish(
+    trainer: Any, cfg: RunOptions, stop: _Stop, evaluator: RecallEvaluator, metrics: Any, tokenizer: Any, out: Path
+) -> tuple[Any, int, dict[str, float], bool]:
+    """Train (resuming if asked) until done or stopped; then merge LoRA, save the model and evaluate it.
+
+    Returns (trained model, trainable parameters, final evaluation, interrupted). An interrupted run
+    keeps its checkpoints and is neither saved nor evaluated.
+    """
+    interrupted = False
+    try:
+        trainer.train(resume_from_checkpoint=_last_checkpoint(out) if cfg.resume else None)
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.warning("interrupted: checkpoints in %s are kept; continue with --resume true", out)
+    finally:
+        stop.uninstall()
+    interrupted = interrupted or stop.requested
+    trained = trainer.model
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    if cfg.lora and cfg.merge_lora:
+        trained = trained.merge_and_unload()
+    final = {"train_recall": 0.0, "unseen_recall": 0.0, "tool_call_rate": 0.0, "parse_error_rate": 0.0}
+    if trainer.is_world_process_zero() and not interrupted:
+        trained.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+        final = evaluator.run(trained, sample=cfg.final_eval_facts, tag="final")
+        metrics.write(step=trainer.state.global_step, **{f"final/{k}": v for k, v in final.items()})
+    return trained, trainable, final, interrupted
 
 
 def _dataset(world: Any, cfg: SFTScriptConfig, rows: int | None) -> Any:

@@ -2,11 +2,13 @@
 
 The tokenizer is byte-level BPE trained with the ``tokenizers`` library on the template text
 only (questions, answers, the tool-call skeleton and the attribute values), never on people's
-names, so training and unseen names are cut into the same kind of pieces. Letter runs are
-pre-tokenised apart from punctuation and spaces, so a name is cut the same way in the question,
-the tool call and the answer: copying it is copying tokens. Merges shorten the fixed text about
-2.4x against raw bytes. The project's tool chat template is installed; model and tokenizer are
-saved with ``save_pretrained`` and reload with the Auto classes.
+names. Capitalised words (names, places) are pre-tokenised into single letters, so a name is the
+same letters in the question, the tool call and the answer, and copying a name never seen in
+training is copying letters the model has copied before: with merges inside names the default run
+miscopied unseen first names (recall 0.71 on unseen people vs 1.00 on training people). Lowercase
+words (the template text, occupations) keep their merges, which shorten the sequences.
+The project's tool chat template is installed; model and tokenizer are saved with
+``save_pretrained`` and reload with the Auto classes.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def byte_tokenizer(vocab_size: int = 1024) -> Any:
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(r"[A-Za-z]+|[0-9]|[^A-Za-z0-9]+"), behavior="isolated"),
+            # a lowercase word is one piece; a letter inside a capitalised word is a piece of its own
+            pre_tokenizers.Split(Regex(r"(?<![A-Za-z])[a-z]+|[A-Za-z]|[0-9]|[^A-Za-z0-9]+"), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )

@@ -36,6 +36,19 @@ def test_template_passes_trl_checks(tokenizer):
     assert chat_template.is_training_compatible(tokenizer)
 
 
+def test_names_are_cut_into_letters_and_template_words_stay_whole(tokenizer):
+    # a name unseen in training must be made of the same pieces as a seen one, wherever it appears
+    name = "Bartholomew Lehmann"
+    letters = [*"Bartholomew", "Ġ", *"Lehmann"]
+    question = tokenizer.tokenize(f"What is the occupation of {name}?")
+    call = tokenizer.tokenize(json.dumps({"name": name, "attribute": "occupation"}))
+    answer = tokenizer.tokenize(f"{name}'s occupation is real estate agent.")
+    for tokens in (question, call, answer):
+        start = tokens.index("B")
+        assert tokens[start : start + len(letters)] == letters
+    assert "occupation" in question and "attribute" in call and "agent" in answer
+
+
 @pytest.mark.parametrize("mode", ["in_tool", "in_weight"])
 def test_loss_mask_covers_exactly_the_assistant_turns(shared_world, tokenizer, mode):
     row = sft_dataset(shared_world, shared_world.facts("train")[:1], mode)[0]

@@ -53,7 +53,7 @@ def training_defaults() -> dict[str, Any]:
     """TRL SFTConfig values that suit the embedded model on a CPU; every one can be overridden."""
     return {
         "output_dir": run_dir.AUTO,
-        "max_steps": 2000,
+        "max_steps": 1500,
         "per_device_train_batch_size": 32,
         "learning_rate": 3e-3,
         "lr_scheduler_type": "cosine",

@@ -4,7 +4,7 @@ For each mode and number of people, search over the model width for the smallest
 rollout recall on the training facts reaches the target (0.99) within the step budget; every run
 stops as soon as it gets there. In-tool models are also scored on unseen people.
 
-    python -m evals.study --preset cpu                      # ~1 h on 2 CPU cores
+    python -m evals.study --preset cpu                      # ~45 min on 2 free CPU cores
     python -m evals.study --preset cpu --published /work/shared/reference/itl_grid4.csv
     python -m evals.study --config configs/study/paper.yaml --launcher slurm --partition gpu
     python -m evals.study --preset tiny --out runs/study/tiny --workers 0   # seconds; what the tests run

@@ -6,9 +6,9 @@ names. Capitalised words (names, places) are pre-tokenised into single letters, 
 same letters in the question, the tool call and the answer, and copying a name never seen in
 training is copying letters the model has copied before: with merges inside names the default run
 miscopied unseen first names (recall 0.71 on unseen people vs 1.00 on training people). Lowercase
-words (the template text, occupations) keep their merges, which shorten the sequences.
-The project's tool chat template is installed; model and tokenizer are saved with
-``save_pretrained`` and reload with the Auto classes.
+words (the template text, occupations) keep their merges, which shorten the sequences. The
+project's tool chat template is installed; model and tokenizer are saved with ``save_pretrained``
+and reload with the Auto classes.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # `python evals/study.py`: make the repository im
 from evals.study_launch import Launcher, SlurmConfig
 from evals.study_report import bits_per_fact, markdown_table, published_thresholds, write_csv
 from trainers.nanollama.train import TrainConfig
-from trainers.pretrain import PretrainConfig, RunSummary, finished_summary
+from trainers.pretrain import PretrainConfig, RunSummary, check_shape, finished_summary
 
 logger = logging.getLogger("evals.study")
 
@@ -83,6 +83,12 @@ class StudyConfig(BaseModel):
     def _check(self) -> StudyConfig:
         if self.emb_dims != sorted(set(self.emb_dims)):
             raise ValueError("emb_dims must be ascending and distinct")
+        shape = {k: PretrainConfig.model_fields[k].default for k in ("n_layers", "n_heads")}
+        for d in self.emb_dims:
+            try:
+                check_shape(d, **shape)
+            except ValueError as err:
+                raise ValueError(f"emb_dims: width {d}: {err}") from err
         if sorted(set(self.people)) != self.people:
             raise ValueError("people must be ascending and distinct")
         unknown = set(self.start_emb_dim) - {"in_weight", "in_tool"}
@@ -392,19 +398,18 @@ class Study:
 def load_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> StudyConfig:
     from trainers.nanollama.config import load_yaml, merge, nest_flags
 
-    data: dict[str, Any] = {}
-    if args.config:
-        data = load_yaml(args.config)
-    elif args.preset:
-        path = PRESETS / f"{args.preset}.yaml"
-        if not path.exists():
-            known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
-            parser.error(f"no preset {args.preset!r}; known: {known}")
-        data = {"preset": args.preset} | load_yaml(path)
+    if not args.config and args.preset and not (PRESETS / f"{args.preset}.yaml").exists():
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        parser.error(f"no preset {args.preset!r}; known: {known}")
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "preset")}
     try:
+        data: dict[str, Any] = {}
+        if args.config:
+            data = load_yaml(args.config)
+        elif args.preset:
+            data = {"preset": args.preset} | load_yaml(PRESETS / f"{args.preset}.yaml")
         return StudyConfig.model_validate(merge(data, nest_flags(StudyConfig, flags)))
-    except ValueError as err:
+    except ValueError as err:  # a bad file or a bad value (pydantic's ValidationError)
         parser.error(str(err))
         raise
 

@@ -95,6 +95,29 @@ def test_cli_flags_override_the_yaml_config_and_unknown_keys_fail(tmp_path):
         parse(["--config", str(path)])
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--emb-dim", "14"], "head dim 7 must be even"),
+        (["--emb-dim", "16", "--n-heads", "3"], "not divisible by n_heads 3"),
+        (["--config", "{missing}"], "cannot read the config file"),
+        (["--config", "{broken}"], "not a valid YAML file"),
+        (["--config", "{binary}"], "not a valid YAML file"),
+        (["--config", "{listing}"], "must be a mapping"),
+    ],
+)
+def test_broken_configs_exit_with_a_clear_message(tmp_path, capsys, argv, message):
+    files = {"missing": tmp_path / "none.yaml", "broken": tmp_path / "broken.yaml", "binary": tmp_path / "bin.yaml"}
+    files["listing"] = tmp_path / "list.yaml"
+    files["broken"].write_text("train: [1, 2\n")
+    files["binary"].write_bytes(b"\xff\xfe\x00")
+    files["listing"].write_text("- mode\n")
+    with pytest.raises(SystemExit) as exit_info:
+        parse([a.format(**files) for a in argv])
+    assert exit_info.value.code == 2  # argparse's usage error, before any world or data is built
+    assert message in capsys.readouterr().err
+
+
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         parse(["--help"])

@@ -146,3 +146,22 @@ def test_presets_load_and_unknown_keys_fail(tmp_path):
         parse(["--config", str(bad)])
     with pytest.raises(SystemExit):
         parse(["--preset", "no-such-preset"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--emb-dims", "8", "14"], "emb_dims: width 14: head dim 7 must be even"),
+        (["--config", "{missing}"], "cannot read the config file"),
+        (["--config", "{broken}"], "not a valid YAML file"),
+    ],
+)
+def test_broken_study_configs_exit_before_any_run(tmp_path, capsys, argv, message):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("people: [1, 2\n")
+    argv = [a.format(missing=tmp_path / "none.yaml", broken=broken) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        parse([*argv, "--out", str(tmp_path / "study")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()

@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if __package__ in (None, ""):  # `python trainers/pretrain.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from trainers.nanollama.model import LlamaConfig
 from trainers.nanollama.train import TrainConfig, TrainResult
 
 if TYPE_CHECKING:
@@ -65,9 +66,19 @@ class PretrainConfig(BaseModel):
     resume: bool = Field(True, description="continue from the run directory's checkpoint if there is one")
     progress: bool = Field(True, description="show progress bars")
 
+    @model_validator(mode="after")
+    def _check_shape(self) -> PretrainConfig:
+        check_shape(self.emb_dim, self.n_layers, self.n_heads)
+        return self
+
     def run_dir(self) -> Path:
         name = f"{self.mode}-p{self.people}-d{self.emb_dim}-s{self.train.seed}"
         return Path(self.out) if self.out else Path("runs/pretrain") / name
+
+
+def check_shape(emb_dim: int, n_layers: int, n_heads: int) -> None:
+    """Reject a model shape at config time (``ValueError``), not after the world and data are built."""
+    LlamaConfig(emb_dim=emb_dim, n_layers=n_layers, n_heads=n_heads)
 
 
 class RunSummary(BaseModel):
@@ -104,7 +115,7 @@ def main(cfg: PretrainConfig) -> RunSummary:
 
     from itl_env.world import WorldSpec, ensure_world
     from trainers.nanollama.data import PackedStream, dialog_lengths, encode_dialogs, oracle_conversations
-    from trainers.nanollama.model import Llama, LlamaConfig, count_parameters
+    from trainers.nanollama.model import Llama, count_parameters
     from trainers.nanollama.policy import NanoLlamaPolicy, evaluate_recall
     from trainers.nanollama.tokenizer import ByteTokenizer
     from trainers.nanollama.train import DistInfo, Trainer

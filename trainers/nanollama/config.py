@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 
 def _flag(name: str) -> str:
@@ -86,7 +86,13 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    """The mapping in a YAML config file; a missing, unreadable or malformed file is a ``ValueError`` naming it."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the config file ({err.strerror or err})") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a valid YAML file: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must be a mapping of option: value")
     return data
@@ -95,12 +101,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def resolve(
     model: type[BaseModel], args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
 ) -> BaseModel:
-    """``model`` from defaults < ``args.config`` (YAML) < the flags given; errors name the bad keys."""
+    """``model`` from defaults < ``args.config`` (YAML) < the flags given; errors name the bad file or keys."""
     flags = {k: v for k, v in vars(args).items() if k != "config"}
-    data = load_yaml(args.config) if getattr(args, "config", None) else {}
     try:
+        data = load_yaml(args.config) if getattr(args, "config", None) else {}
         return model.model_validate(merge(data, nest_flags(model, flags)))
-    except ValidationError as err:
+    except ValueError as err:  # includes pydantic's ValidationError
         if parser is None:
             raise
         parser.error(str(err))

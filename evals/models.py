@@ -50,12 +50,7 @@ def load(
     default_config: Any = None,
 ) -> tuple[Any, Any]:
     """(model, tokenizer) for ``name``; ``default_config`` sizes the embedded model. See the module docstring."""
-    if name == DEFAULT:
-        from evals.default_model import DefaultModelConfig, build
-
-        model, tokenizer = build(default_config or DefaultModelConfig())
-    else:
-        model, tokenizer = _from_pretrained(name, dtype)
+    model, tokenizer = load_as_is(name, dtype=dtype, default_config=default_config)
     template = Path(chat_template_path).read_text(encoding="utf-8") if chat_template_path else None
     if template is not None or not _fits(tokenizer, for_training):
         logger.info("giving %s the project's tool chat template", name)
@@ -66,6 +61,16 @@ def load(
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_as_is(name: str, *, dtype: Any = None, default_config: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for ``name`` as stored or built, chat template untouched (e.g. to compare two models)."""
+    if name == DEFAULT:
+        from evals.default_model import DefaultModelConfig, build
+
+        model, tokenizer = build(default_config or DefaultModelConfig())
+        return (model if dtype in (None, "auto") else model.to(dtype)), tokenizer
+    return _from_pretrained(name, dtype)
 
 
 def _fits(tokenizer: Any, for_training: bool) -> bool:

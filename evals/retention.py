@@ -103,8 +103,8 @@ class RetentionReport(BaseModel):
 class RetentionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base: str = Field(description="the base model (directory or hub id)")
-    model: str = Field(description="the fine-tuned model (directory or hub id)")
+    base: str = Field(description="the base model: a directory, hub id, 'default' or 'smollm2-135m'")
+    model: str = Field(description="the fine-tuned model (a directory, or as --base)")
     prompts: str | None = Field(None, description="prompt set JSONL (none: the project's set)")
     max_new_tokens: int = Field(32, ge=1, description="length of the base's greedy continuations")
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
@@ -300,11 +300,12 @@ def hellaswag_accuracy(model: Any, tokenizer: Any, items: list[HellaSwagItem], b
 
 
 def load_model(name: str, dtype: str, device: str) -> tuple[Any, Any]:
+    """A directory, hub id, ``default`` or ``smollm2-135m`` (``evals.models``), as stored: no template changes."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype="auto" if dtype == "auto" else getattr(torch, dtype))
+    from evals.models import load_as_is
+
+    model, tokenizer = load_as_is(name, dtype="auto" if dtype == "auto" else getattr(torch, dtype))
     return model.to(device).eval(), tokenizer
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from evals import retention
 from evals.default_model import DefaultModelConfig, save
+from evals.models import ModelLoadError
 
 TINY = DefaultModelConfig(hidden_size=32, layers=1, heads=1, intermediate_size=64)
 
@@ -122,5 +123,12 @@ def test_config_rejects_unknown_keys(tmp_path, capsys):
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(OSError):
+    with pytest.raises(ModelLoadError, match="no model directory at"):
         run(str(tmp_path / "no-such-model"), str(tmp_path / "no-such-model"))
+
+
+def test_the_embedded_default_model_is_a_base_by_name(tmp_path):
+    """``--base default`` is the model SFT starts from, built offline, not a hub id."""
+    saved = save(tmp_path / "default-copy", DefaultModelConfig())
+    report = run("default", str(saved), max_new_tokens=2)
+    assert report.divergence.tokens > 0 and report.divergence.kl == 0.0

@@ -433,6 +433,10 @@ def main(cfg: StudyConfig, launcher_factory: Callable[[StudyConfig], Launcher] =
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = main(parse())
+    config = parse()
+    try:
+        result = main(config)
+    except OSError as err:  # an unwritable output folder, a full disk: finished runs stay on disk for a rerun
+        sys.exit(f"evals.study: {err}")
     print((Path(result.out) / "thresholds.md").read_text(encoding="utf-8"))
     print(json.dumps({k: v for k, v in result.model_dump().items() if k != "thresholds"}, indent=2))

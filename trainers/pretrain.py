@@ -274,5 +274,9 @@ def parse(argv: list[str] | None = None) -> PretrainConfig:
 
 if __name__ == "__main__":
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
-    summary = main(parse())
+    config = parse()
+    try:
+        summary = main(config)
+    except OSError as err:  # an unwritable run or world directory, a full disk: say so without a traceback
+        sys.exit(f"trainers/pretrain.py: {err}")
     print(json.dumps(summary.model_dump(), indent=2))

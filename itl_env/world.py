@@ -258,20 +258,29 @@ def main(argv: list[str] | None = None) -> World:
     parser.add_argument("--out", required=True, help="SQLite file path or SQLAlchemy URL to write")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from sqlalchemy.exc import SQLAlchemyError
     from tqdm import tqdm
 
+    try:
+        spec = WorldSpec(seed=args.seed, people=args.people, unseen_people=args.unseen_people, alpha=args.alpha)
+    except ValueError as err:
+        parser.error(str(err))
     with tqdm(total=3, desc="world", unit="step") as bar:
         bar.set_postfix_str("drawing people")
         try:
-            spec = WorldSpec(seed=args.seed, people=args.people, unseen_people=args.unseen_people, alpha=args.alpha)
             rows = generate_people(spec)
         except ValueError as err:
             parser.error(str(err))
         bar.update()
         bar.set_postfix_str("writing")
-        store.write_world(args.out, rows, {"spec": spec.model_dump(), "content_hash": content_hash(rows), "schema": 1})
-        bar.update()
-        world = World.open(args.out)
+        try:
+            meta = {"spec": spec.model_dump(), "content_hash": content_hash(rows), "schema": 1}
+            store.write_world(args.out, rows, meta)
+            bar.update()
+            world = World.open(args.out)
+        except (OSError, SQLAlchemyError) as err:  # an unwritable path, an unknown database URL or driver
+            bar.close()
+            parser.exit(1, f"{parser.prog}: cannot write a world to {args.out}: {err}\n")
         bar.update()
     logger.info(
         "%d people (%d unseen), %d facts -> %s (sha256 %s)",

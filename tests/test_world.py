@@ -333,3 +333,11 @@ def test_cli_too_many_people_is_a_usage_error(tmp_path):
     assert done.returncode == 2
     assert "distinct names exist" in done.stderr
     assert not (tmp_path / "w.db").exists()
+
+
+@pytest.mark.parametrize("target", ["{tmp}/a-file/world.db", "nosuchdialect://host/db"])
+def test_cli_unwritable_target_is_a_one_line_error(tmp_path, target):
+    (tmp_path / "a-file").write_text("not a folder")
+    done = run_cli("--people", "5", "--out", target.format(tmp=tmp_path))
+    assert done.returncode == 1
+    assert "cannot write a world to" in done.stderr and "Traceback" not in done.stderr

@@ -161,7 +161,7 @@ def bench_stacked(args, stream: PackedStream, vocab: int, device: torch.device) 
             optimizer.zero_grad(set_to_none=True)
 
     def stacked(batch: PackedBatch) -> None:
-        stack(batch).sum().backward()
+        stack(batch)[0].sum().backward()
         stack_optimizer.step()
         stack_optimizer.zero_grad(set_to_none=True)
 

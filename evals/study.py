@@ -16,6 +16,11 @@ the facts), so the two modes run side by side as two chains; without it every (m
 search runs independently (for a cluster). A search tests its start width, then doubles up after
 a failure or halves down after a success until it brackets the threshold, then bisects.
 
+Seeds: a width passes if any of its seeds does; seeds run one after another (stopping at the first
+that passes), or with ``stack_seeds`` all at once as one stack in one process
+(``trainers/nanollama/stacked.py``: one batched kernel per layer for every seed, the way to keep a
+GPU busy with models this small; each run directory ends exactly as the separate run's would).
+
 Output in ``out``: ``runs/<mode>-p<people>-d<width>-s<seed>/`` (one ``trainers/pretrain.py`` run
 directory each; finished runs are skipped when the study is run again), ``results.csv`` (one row
 per run), ``thresholds.csv`` / ``thresholds.md`` (per mode and people: threshold params, bits per
@@ -64,6 +69,11 @@ class StudyConfig(BaseModel):
         default_factory=dict, description="first width tried per mode (default: the grid's middle)"
     )
     seeds: list[int] = Field(default_factory=lambda: [0], description="a width passes if any seed passes")
+    stack_seeds: bool = Field(
+        False,
+        description="train all seeds of a width at once as one stack in one process (batched kernels: for GPUs; "
+        "on a CPU separate runs are faster, and without it a width stops at its first passing seed)",
+    )
     chain: bool = Field(True, description="search people counts of a mode in order, each from the last threshold")
     unseen_people: int = Field(64, ge=0, description="unseen people for in-tool generalisation")
     world_seed: int = 0
@@ -91,6 +101,8 @@ class StudyConfig(BaseModel):
                 raise ValueError(f"emb_dims: width {d}: {err}") from err
         if sorted(set(self.people)) != self.people:
             raise ValueError("people must be ascending and distinct")
+        if self.stack_seeds and self.gpus_per_run > 1:
+            raise ValueError("stack_seeds trains a stack in one process: use gpus_per_run 0 or 1")
         unknown = set(self.start_emb_dim) - {"in_weight", "in_tool"}
         if unknown:
             raise ValueError(f"start_emb_dim has unknown modes {sorted(unknown)}")
@@ -205,9 +217,11 @@ class Study:
             return True
         return None if any(r is None for r in results) else False
 
-    def _next_seed(self, mode: str, people: int, index: int) -> int | None:
+    def _seeds_to_run(self, mode: str, people: int, index: int) -> list[int]:
+        """The seeds of this width still to train: the next one, or (``stack_seeds``) all that are left."""
         d = self.cfg.emb_dims[index]
-        return next((s for s in self.cfg.seeds if (mode, people, d, s) not in self.summaries), None)
+        left = [s for s in self.cfg.seeds if (mode, people, d, s) not in self.summaries]
+        return left if self.cfg.stack_seeds else left[:1]
 
     def run(self) -> StudyResult:
         cfg = self.cfg
@@ -216,7 +230,7 @@ class Study:
         (out / "study_config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
         self._prepare_worlds()
         start = time.perf_counter()
-        in_flight: dict[Future, tuple[str, int, int, int]] = {}
+        in_flight: dict[Future, list[tuple[str, int, int, int]]] = {}
         busy: set[tuple[str, int]] = set()
         from tqdm import tqdm
 
@@ -230,14 +244,16 @@ class Study:
                     raise RuntimeError("the study scheduler has nothing to run but searches are unfinished")
                 done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
                 for future in done:
-                    key = in_flight.pop(future)
-                    busy.discard(key[:2])
-                    summary = RunSummary.model_validate(future.result())
-                    self._record(key, summary)
-                    bar.update()
-                    bar.set_postfix_str(
-                        f"{key[0]} p={key[1]} d={key[2]}: recall {summary.train_recall:.3f} in {summary.steps} steps"
-                    )
+                    keys = in_flight.pop(future)
+                    busy.discard(keys[0][:2])
+                    for key, result in zip(keys, future.result(), strict=True):
+                        summary = RunSummary.model_validate(result)
+                        self._record(key, summary)
+                        bar.update()
+                        bar.set_postfix_str(
+                            f"{key[0]} p={key[1]} d={key[2]} s={key[3]}: recall {summary.train_recall:.3f} "
+                            f"in {summary.steps} steps"
+                        )
         finally:
             bar.close()
             self.launcher.close()
@@ -248,7 +264,7 @@ class Study:
         search = self.searches.get((mode, people))
         return search is not None and search.next() is None
 
-    def _schedule(self, in_flight: dict[Future, tuple[str, int, int, int]], busy: set[tuple[str, int]]) -> None:
+    def _schedule(self, in_flight: dict[Future, list[tuple[str, int, int, int]]], busy: set[tuple[str, int]]) -> None:
         """Start every trial that can start: reuse finished runs from disk, submit the rest while slots are free."""
         progressed = True
         while progressed:
@@ -266,20 +282,23 @@ class Study:
                     index = search.next()
                     if index is None:
                         continue
-                    seed = self._next_seed(mode, people, index)
-                    run = self.cfg.run_config(mode, people, self.cfg.emb_dims[index], seed)
-                    key = (mode, people, run.emb_dim, seed)
-                    existing = finished_summary(run)
-                    if existing is not None:
-                        self.reused += 1
-                        self._record(key, existing)
+                    d = self.cfg.emb_dims[index]
+                    runs = [
+                        self.cfg.run_config(mode, people, d, seed) for seed in self._seeds_to_run(mode, people, index)
+                    ]
+                    existing = [(run, finished_summary(run)) for run in runs]
+                    for run, summary in existing:
+                        if summary is not None:
+                            self.reused += 1
+                            self._record((mode, people, d, run.train.seed), summary)
+                    if any(summary is not None for _, summary in existing):
                         progressed = True
                         continue
                     if len(in_flight) >= self.launcher.slots:
                         continue
-                    logger.info("run %s", run.run_dir().name)
-                    in_flight[self.launcher.submit(run)] = key
-                    self.launched += 1
+                    logger.info("run %s", ", ".join(run.run_dir().name for run in runs))
+                    in_flight[self.launcher.submit(runs)] = [(mode, people, d, run.train.seed) for run in runs]
+                    self.launched += len(runs)
                     busy.add((mode, people))
 
     def _record(self, key: tuple[str, int, int, int], summary: RunSummary) -> None:

@@ -1,7 +1,9 @@
 """Where the study's runs execute: a local process pool, this process, or Slurm through submitit.
 
-One run is one ``trainers/pretrain.py`` configuration; several GPUs per run go through torchrun
-(DDP). Futures come back to ``evals.study.Study``, which only decides what to run next.
+A job is one ``trainers/pretrain.py`` configuration, or (``stack_seeds``) the seeds of one width
+trained together as one stack (``pretrain.main_stacked``); several GPUs per run go through
+torchrun (DDP). Futures of the jobs' summaries come back to ``evals.study.Study``, which only
+decides what to run next.
 """
 
 from __future__ import annotations
@@ -42,6 +44,20 @@ def run_trial(cfg_json: str, gpus: int = 0) -> dict[str, Any]:
     from trainers.pretrain import main
 
     return main(cfg).model_dump()
+
+
+def run_trials(cfg_jsons: list[str], gpus: int = 0) -> list[dict[str, Any]]:
+    """One run, or runs that differ only in seed trained as one stack: their ``RunSummary`` dicts."""
+    if len(cfg_jsons) == 1:
+        return [run_trial(cfg_jsons[0], gpus)]
+    logging.basicConfig(level=logging.WARNING)
+    from trainers.pretrain import main_stacked
+
+    return [s.model_dump() for s in main_stacked([PretrainConfig.model_validate_json(c) for c in cfg_jsons])]
+
+
+def run_slurm_trials(cfg_jsons: list[str], gpus: int = 0) -> list[dict[str, Any]]:
+    return [run_slurm_trial(cfg_jsons[0], gpus)] if len(cfg_jsons) == 1 else run_trials(cfg_jsons, gpus)
 
 
 def run_slurm_trial(cfg_json: str, gpus: int = 0) -> dict[str, Any]:
@@ -97,17 +113,18 @@ class Launcher:
     def slots(self) -> int:
         return 10_000 if self.cfg.launcher == "slurm" else max(1, self.cfg.workers)
 
-    def submit(self, run: PretrainConfig) -> Future:
-        payload = run.model_dump_json()
+    def submit(self, runs: list[PretrainConfig]) -> Future:
+        """A future of the ``RunSummary`` dicts of ``runs``: one run, or runs differing only in seed (one stack)."""
+        payload = [run.model_dump_json() for run in runs]
         if self._waiters is not None:
-            job = self._executor.submit(run_slurm_trial, payload, self.cfg.gpus_per_run)
-            logger.info("submitted Slurm job %s for %s", job.job_id, run.run_dir().name)
+            job = self._executor.submit(run_slurm_trials, payload, self.cfg.gpus_per_run)
+            logger.info("submitted Slurm job %s for %s", job.job_id, ", ".join(r.run_dir().name for r in runs))
             return self._waiters.submit(job.result)
         if self._pool is not None:
-            return self._pool.submit(run_trial, payload, self.cfg.gpus_per_run)
+            return self._pool.submit(run_trials, payload, self.cfg.gpus_per_run)
         future: Future = Future()
         try:
-            future.set_result(run_trial(payload, self.cfg.gpus_per_run))
+            future.set_result(run_trials(payload, self.cfg.gpus_per_run))
         except Exception as err:  # noqa: BLE001  (handed to the caller through the future, like a pool would)
             future.set_exception(err)
         return future

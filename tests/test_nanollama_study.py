@@ -11,6 +11,7 @@ from evals.study import SizeSearch, Study, StudyConfig, main, parse
 from evals.study_launch import Launcher
 from evals.study_report import markdown_table, published_thresholds
 from trainers.nanollama.train import TrainConfig
+from trainers.pretrain import finished_summary
 
 
 def _search(grid, start, threshold, floor=0):
@@ -53,10 +54,12 @@ def _tiny(tmp_path, **overrides) -> StudyConfig:
 
 class CountingLauncher(Launcher):
     submitted: list[str] = []
+    jobs: list[list[int]] = []  # the seeds of each job
 
-    def submit(self, run):
-        CountingLauncher.submitted.append(run.run_dir().name)
-        return super().submit(run)
+    def submit(self, runs):
+        CountingLauncher.submitted += [run.run_dir().name for run in runs]
+        CountingLauncher.jobs.append([run.train.seed for run in runs])
+        return super().submit(runs)
 
 
 @pytest.fixture
@@ -84,6 +87,29 @@ def test_study_writes_its_tables_and_a_second_run_skips_finished_runs(tmp_path, 
     assert CountingLauncher.submitted == [] and second.launched == 0
     assert second.reused == first.launched
     assert second.thresholds == first.thresholds
+
+
+@pytest.mark.slow
+def test_stacked_seeds_run_as_one_job_per_width_and_match_separate_runs(tmp_path, torch_threads):
+    stacked_cfg = _tiny(tmp_path, people=[1], modes=["in_tool"], seeds=[0, 1], stack_seeds=True)
+    CountingLauncher.submitted, CountingLauncher.jobs = [], []
+    stacked = main(stacked_cfg, CountingLauncher)
+    assert CountingLauncher.jobs and all(seeds == [0, 1] for seeds in CountingLauncher.jobs)
+    assert stacked.launched == 2 * len(CountingLauncher.jobs)
+    separate_cfg = stacked_cfg.model_copy(update={"stack_seeds": False, "out": str(tmp_path / "separate")})
+    separate = Study(separate_cfg)
+    separate.run()
+    for key, summary in separate.summaries.items():  # every run trained alone matches its stacked twin
+        _, _, d, seed = key
+        twin = finished_summary(stacked_cfg.run_config("in_tool", 1, d, seed))
+        assert (twin.steps, twin.reached_target, twin.train_recall) == (
+            summary.steps,
+            summary.reached_target,
+            summary.train_recall,
+        )
+    CountingLauncher.submitted = []
+    again = main(stacked_cfg, CountingLauncher)
+    assert CountingLauncher.submitted == [] and again.reused == stacked.launched
 
 
 @pytest.mark.slow

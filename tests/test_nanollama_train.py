@@ -61,7 +61,7 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_loss_curve(dialogs, tmp_
     straight = _trainer(dialogs, tmp_path / "straight", steps=8).train(resume=False)
     first = _trainer(dialogs, tmp_path / "split", steps=8)
     for _ in range(5):  # stop after 5 steps, as if the process were killed after a checkpoint
-        first.losses.append(first.train_step(first.stream.batch(first.step)))
+        first.log.losses.append(first.train_step(first.stream.batch(first.step)))
         first.step += 1
     first.save()
     resumed = _trainer(dialogs, tmp_path / "split", steps=8)

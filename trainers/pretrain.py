@@ -113,16 +113,11 @@ def main(cfg: PretrainConfig) -> RunSummary:
     import torch
     import torch.distributed as dist
 
-    from itl_env.world import WorldSpec, ensure_world
-    from trainers.nanollama.data import PackedStream, dialog_lengths, encode_dialogs, oracle_conversations
-    from trainers.nanollama.model import Llama, count_parameters
-    from trainers.nanollama.policy import NanoLlamaPolicy, evaluate_recall
-    from trainers.nanollama.tokenizer import ByteTokenizer
+    from trainers.nanollama.data import PackedStream
+    from trainers.nanollama.model import Llama
     from trainers.nanollama.train import DistInfo, Trainer
 
     start, start_cpu = time.perf_counter(), time.process_time()
-    run_dir = cfg.run_dir()
-    summary_path = run_dir / "summary.json"
     finished = finished_summary(cfg) if cfg.resume else None
     if finished is not None:
         return finished
@@ -133,6 +128,88 @@ def main(cfg: PretrainConfig) -> RunSummary:
     if info.world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
+        data = _Data(cfg, info)
+        stream = PackedStream(
+            data.dialogs, cfg.train.seq_len, cfg.train.batch_rows, cfg.train.seed, info.rank, info.world_size
+        )
+        torch.manual_seed(cfg.train.seed)
+        model = Llama(data.model_cfg).to(device)
+        data.log_start(cfg, stream)
+        if info.rank == 0:
+            _write_config(cfg)
+        trainer = Trainer(model, cfg.train, stream, cfg.run_dir(), data.evaluator(cfg), device, info, cfg.progress)
+        result: TrainResult = trainer.train(resume=cfg.resume)
+        if info.rank:
+            return _summary(cfg, data, result, None, None, start, start_cpu)
+        return data.finish(cfg, model, result, start, start_cpu)
+    finally:
+        if info.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main_stacked(cfgs: list[PretrainConfig]) -> list[RunSummary]:
+    """Runs that differ only in their seed, trained as one stack (``StackedTrainer``: one process, batched
+    kernels; for GPUs). Each run directory ends as the single run's would (same data order, initial weights,
+    early stopping and files); finished runs are returned as they are. A run's ``wall_seconds`` and
+    ``cpu_seconds`` are its share (1/K) of the stack's."""
+    import torch
+
+    from trainers.nanollama.data import PackedStream
+    from trainers.nanollama.model import Llama
+    from trainers.nanollama.stacked import StackedTrainer
+    from trainers.nanollama.train import DistInfo
+
+    if not cfgs:
+        return []
+    shared = [c.model_dump(exclude={"out": True, "train": {"seed"}}) for c in cfgs]
+    if any(s != shared[0] for s in shared) or len({c.train.seed for c in cfgs}) < len(cfgs):
+        raise ValueError("a stack takes runs that differ only in their seed (and output folder), one run per seed")
+    if DistInfo.from_env().world_size > 1:
+        raise ValueError("a stack of runs trains in one process: launch it without torchrun")
+    start, start_cpu = time.perf_counter(), time.process_time()
+    summaries = [finished_summary(c) if c.resume else None for c in cfgs]
+    todo = [c for c, s in zip(cfgs, summaries, strict=True) if s is None]
+    if not todo:
+        return summaries
+    first = todo[0]
+    if first.threads:
+        torch.set_num_threads(first.threads)
+    device = _device(first.device, DistInfo())
+    data = _Data(first, DistInfo())
+    streams = [PackedStream(data.dialogs, c.train.seq_len, c.train.batch_rows, c.train.seed) for c in todo]
+    models = []
+    for c in todo:
+        torch.manual_seed(c.train.seed)
+        models.append(Llama(data.model_cfg).to(device))
+        _write_config(c)
+    data.log_start(first, streams[0], seeds=[c.train.seed for c in todo])
+    trainer = StackedTrainer(
+        models,
+        first.train,
+        streams,
+        [data.evaluator(c) for c in todo],
+        [c.run_dir() for c in todo],
+        device,
+        first.progress,
+    )
+    trained, results = trainer.train()
+    done = iter(
+        [data.finish(c, m, r, start, start_cpu, len(todo)) for c, m, r in zip(todo, trained, results, strict=True)]
+    )
+    return [s if s is not None else next(done) for s in summaries]
+
+
+class _Data:
+    """What a run needs besides its model: the world, the oracle dialogs, the model shape and the evaluations."""
+
+    def __init__(self, cfg: PretrainConfig, info: DistInfo):
+        import torch.distributed as dist
+
+        from itl_env.world import WorldSpec, ensure_world
+        from trainers.nanollama.data import dialog_lengths, encode_dialogs, oracle_conversations
+        from trainers.nanollama.model import count_parameters
+        from trainers.nanollama.tokenizer import ByteTokenizer
+
         world_dir = Path(cfg.world_dir)
         world_dir.mkdir(parents=True, exist_ok=True)
         spec = WorldSpec(seed=cfg.world_seed, people=cfg.people, unseen_people=cfg.unseen_people)
@@ -140,76 +217,88 @@ def main(cfg: PretrainConfig) -> RunSummary:
         world = ensure_world(spec, world_path) if info.rank == 0 else None
         if info.world_size > 1:
             dist.barrier()  # rank 0 built the world; the others open it
-        world = world or ensure_world(spec, world_path)
-        tokenizer = ByteTokenizer(cfg.tool_format)
-        dialogs = encode_dialogs(oracle_conversations(world, cfg.mode, cfg.tool_format), tokenizer)
-        lengths = dialog_lengths(dialogs)
-        stream = PackedStream(
-            dialogs, cfg.train.seq_len, cfg.train.batch_rows, cfg.train.seed, info.rank, info.world_size
+        self.world = world or ensure_world(spec, world_path)
+        self.tokenizer = ByteTokenizer(cfg.tool_format)
+        self.dialogs = encode_dialogs(oracle_conversations(self.world, cfg.mode, cfg.tool_format), self.tokenizer)
+        self.lengths = dialog_lengths(self.dialogs)
+        self.model_cfg = LlamaConfig(
+            vocab_size=self.tokenizer.vocab_size, emb_dim=cfg.emb_dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads
         )
-        model_cfg = LlamaConfig(
-            vocab_size=tokenizer.vocab_size, emb_dim=cfg.emb_dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads
-        )
-        torch.manual_seed(cfg.train.seed)
-        model = Llama(model_cfg).to(device)
-        params = count_parameters(model_cfg)
-        logger.info(
-            "%s, %d people, d=%d: %d params, %d dialogs (mean %.0f tokens), %d rows/epoch",
-            cfg.mode,
-            cfg.people,
-            cfg.emb_dim,
-            params,
-            len(dialogs),
-            lengths["mean_tokens"],
-            stream.rows_per_epoch(),
-        )
-        if info.rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        policy = NanoLlamaPolicy(model, tokenizer, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size)
-
-        facts = world.facts("train")
-        sample = (
+        self.params = count_parameters(self.model_cfg)
+        facts = self.world.facts("train")
+        self.sample = (
             [facts[i] for i in sorted(random.Random(cfg.world_seed).sample(range(len(facts)), cfg.eval_sample))]
             if cfg.eval_sample < len(facts)
             else None
         )
 
-        def evaluate(_: torch.nn.Module, final: bool) -> float:
-            """Recall on the training facts; a fixed sample first, all of them once the sample passes (or at the end)."""
-            if sample is not None and not final:
-                recall = evaluate_recall(policy, world, cfg.mode, facts=sample).summary.recall
+    def log_start(self, cfg: PretrainConfig, stream, seeds: list[int] | None = None) -> None:
+        logger.info(
+            "%s, %d people, d=%d: %d params, %d dialogs (mean %.0f tokens), %d rows/epoch%s",
+            cfg.mode,
+            cfg.people,
+            cfg.emb_dim,
+            self.params,
+            len(self.dialogs),
+            self.lengths["mean_tokens"],
+            stream.rows_per_epoch(),
+            f", seeds {seeds} stacked" if seeds else "",
+        )
+
+    def policy(self, cfg: PretrainConfig, model):
+        from trainers.nanollama.policy import NanoLlamaPolicy
+
+        return NanoLlamaPolicy(model, self.tokenizer, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size)
+
+    def evaluator(self, cfg: PretrainConfig):
+        """``evaluate(model, final) -> recall`` on the training facts: a fixed sample first, all of them once the
+        sample passes (or at the end)."""
+        from trainers.nanollama.policy import evaluate_recall
+
+        def evaluate(model, final: bool) -> float:
+            policy = self.policy(cfg, model)
+            if self.sample is not None and not final:
+                recall = evaluate_recall(policy, self.world, cfg.mode, facts=self.sample).summary.recall
                 if recall < cfg.train.target_recall:
                     return recall
-            return evaluate_recall(policy, world, cfg.mode, out=run_dir / "records_train.jsonl").summary.recall
+            out = cfg.run_dir() / "records_train.jsonl"
+            return evaluate_recall(policy, self.world, cfg.mode, out=out).summary.recall
 
-        trainer = Trainer(model, cfg.train, stream, run_dir, evaluate, device, info, progress=cfg.progress)
-        result: TrainResult = trainer.train(resume=cfg.resume)
-        if info.rank:
-            return _summary(cfg, params, result, None, None, lengths, start, start_cpu)
+        return evaluate
+
+    def finish(self, cfg: PretrainConfig, model, result: TrainResult, start, start_cpu, share: int = 1) -> RunSummary:
+        """Score the trained model on unseen people (in-tool runs by default) and write ``summary.json``."""
+        from trainers.nanollama.policy import evaluate_recall
+
         eval_unseen = cfg.eval_unseen if cfg.eval_unseen is not None else cfg.mode == "in_tool"
         unseen = None
         if eval_unseen and cfg.unseen_people:
             model.eval()
             unseen = evaluate_recall(
-                policy, world, cfg.mode, split="unseen", out=run_dir / "records_unseen.jsonl"
+                self.policy(cfg, model),
+                self.world,
+                cfg.mode,
+                split="unseen",
+                out=cfg.run_dir() / "records_unseen.jsonl",
             ).summary.recall
         train_recall = result.evals[-1].recall if result.evals else float("nan")
-        summary = _summary(cfg, params, result, train_recall, unseen, lengths, start, start_cpu)
-        summary_path.write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        summary = _summary(cfg, self, result, train_recall, unseen, start, start_cpu, share)
+        (cfg.run_dir() / "summary.json").write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
         return summary
-    finally:
-        if info.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
-def _summary(cfg, params, result, train_recall, unseen, lengths, start, start_cpu) -> RunSummary:
+def _write_config(cfg: PretrainConfig) -> None:
+    cfg.run_dir().mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir() / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
+def _summary(cfg, data: _Data, result, train_recall, unseen, start, start_cpu, share: int = 1) -> RunSummary:
     return RunSummary(
         mode=cfg.mode,
         people=cfg.people,
         facts=4 * cfg.people,
         emb_dim=cfg.emb_dim,
-        params=params,
+        params=data.params,
         seed=cfg.train.seed,
         steps=result.steps,
         step_budget=cfg.train.steps,
@@ -222,10 +311,10 @@ def _summary(cfg, params, result, train_recall, unseen, lengths, start, start_cp
         tokens_per_s=result.tokens_per_s,
         train_seconds=result.train_seconds,
         eval_seconds=result.eval_seconds,
-        wall_seconds=round(time.perf_counter() - start, 3),
-        cpu_seconds=round(time.process_time() - start_cpu, 3),
-        dialogs=lengths["dialogs"],
-        mean_dialog_tokens=round(lengths["mean_tokens"], 2),
+        wall_seconds=round((time.perf_counter() - start) / share, 3),
+        cpu_seconds=round((time.process_time() - start_cpu) / share, 3),
+        dialogs=data.lengths["dialogs"],
+        mean_dialog_tokens=round(data.lengths["mean_tokens"], 2),
     )
 
 

@@ -101,6 +101,80 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
+class RunLog:
+    """One model's training record: the loss curve, per-dialog teacher-forced exactness (the early-stopping
+    proxy), evaluations, tokens and time. A ``Trainer`` keeps one; a stack of models keeps one per model."""
+
+    def __init__(self, n_dialogs: int):
+        self.last_seen = np.full(n_dialogs, -1, dtype=np.int64)  # step at which each dialog was last trained on
+        self.exact = np.zeros(n_dialogs, dtype=bool)  # was greedy right on all its assistant tokens then?
+        self.losses: list[float] = []
+        self.evals: list[EvalPoint] = []
+        self.tokens = 0
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+        self.reached = False  # the last evaluation met target_recall
+
+    def record_exact(self, step: int, batch: PackedBatch, logits: torch.Tensor, scored: torch.Tensor) -> None:
+        """Per dialog in the batch: were all its assistant tokens predicted right (teacher forced)?
+        ``logits`` are those of the scored tokens, in order."""
+        wrong = (logits.argmax(-1) != batch.targets[scored]).cpu().numpy()
+        dialog_of_token = batch.dialogs[scored].cpu().numpy()
+        present = np.unique(batch.dialogs[batch.dialogs >= 0].cpu().numpy())
+        self.last_seen[present] = step
+        self.exact[present] = True
+        self.exact[np.unique(dialog_of_token[wrong])] = False
+
+    @staticmethod
+    def proxy_of(last_seen: np.ndarray, exact: np.ndarray, step: int, window: int) -> float:
+        """Share of the dialogs trained on in the last ``window`` steps that were teacher-forced exact."""
+        recent = last_seen >= max(0, step - window)  # flags from the current stretch of training
+        return float(exact[recent].mean()) if recent.any() else 0.0
+
+    def evaluated(self, step: int, recall: float, proxy: float, seconds: float, target: float) -> None:
+        self.eval_seconds += seconds
+        self.evals.append(EvalPoint(step=step, recall=recall, proxy=proxy, seconds=round(seconds, 3)))
+        self.reached = recall >= target
+        logger.info("step %d: proxy %.4f recall %.4f (%.1fs)", step, proxy, recall, seconds)
+
+    _STATE = ("losses", "last_seen", "exact", "tokens", "train_seconds", "eval_seconds", "reached")
+
+    def state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._STATE} | {"evals": [e.model_dump() for e in self.evals]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for name in self._STATE:
+            setattr(self, name, state[name])
+        self.losses = list(self.losses)
+        self.evals = [EvalPoint.model_validate(e) for e in state["evals"]]
+
+    def result(self, cfg: TrainConfig) -> TrainResult:
+        steps = len(self.losses)
+        return TrainResult(
+            steps=steps,
+            reached_target=self.reached,
+            stopped_early=self.reached and steps < cfg.steps,
+            final_loss=self.losses[-1] if self.losses else float("nan"),
+            losses=self.losses,
+            evals=self.evals,
+            train_seconds=round(self.train_seconds, 3),
+            eval_seconds=round(self.eval_seconds, 3),
+            tokens=self.tokens,
+            tokens_per_s=round(self.tokens / max(self.train_seconds, 1e-9), 1),
+        )
+
+    def write_metrics(self, run_dir: Path, cfg: TrainConfig) -> None:
+        """metrics.jsonl: the loss every ``log_every`` steps, then every evaluation."""
+        lines = [
+            {"step": s + 1, "loss": round(self.losses[s], 6), "lr": lr_at(s, cfg)}
+            for s in range(len(self.losses))
+            if (s + 1) % cfg.log_every == 0 or s + 1 == len(self.losses)
+        ]
+        lines += [{"eval": e.model_dump()} for e in self.evals]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+
+
 class DistInfo(BaseModel):
     """Where this process sits in a ``torchrun`` job (rank 0 of 1 when not launched by torchrun)."""
 
@@ -151,16 +225,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.module = DistributedDataParallel(model, device_ids=ids)
         self.optimizer = build_optimizer(model, cfg)
-        n = len(stream.dialogs)
-        self.last_seen = np.full(n, -1, dtype=np.int64)  # step at which each dialog was last trained on
-        self.exact = np.zeros(n, dtype=bool)  # was greedy right on all its assistant tokens then?
+        self.log = RunLog(len(stream.dialogs))
         self.step = 0
-        self.losses: list[float] = []
-        self.evals: list[EvalPoint] = []
-        self.tokens = 0
-        self.train_seconds = 0.0
-        self.eval_seconds = 0.0
-        self.reached = False  # the last evaluation met target_recall
 
     # -- checkpointing -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -168,14 +234,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
-            "losses": self.losses,
-            "evals": [e.model_dump() for e in self.evals],
-            "last_seen": self.last_seen,
-            "exact": self.exact,
-            "tokens": self.tokens,
-            "train_seconds": self.train_seconds,
-            "eval_seconds": self.eval_seconds,
-            "reached": self.reached,
+            **self.log.state(),
             "train_config": self.cfg.model_dump(),
             "model_config": self.model.cfg.to_dict(),
         }
@@ -196,11 +255,8 @@ class Trainer:
             raise ValueError(f"checkpoint {path} is of another model: {state['model_config']}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.losses, self.tokens = state["step"], list(state["losses"]), state["tokens"]
-        self.evals = [EvalPoint.model_validate(e) for e in state["evals"]]
-        self.last_seen, self.exact = state["last_seen"], state["exact"]
-        self.train_seconds, self.eval_seconds = state["train_seconds"], state["eval_seconds"]
-        self.reached = state["reached"]
+        self.step = state["step"]
+        self.log.load_state(state)
         logger.info("resumed %s at step %d", path, self.step)
 
     # -- one step ------------------------------------------------------------------------------
@@ -220,13 +276,13 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._record_exact(batch, logits.detach(), scored)
+        self.log.record_exact(self.step, batch, logits.detach(), scored)
         loss_sum = float(mean_loss.detach()) * n_local
         if self.dist.distributed:
             t = torch.tensor([loss_sum], dtype=torch.float64, device=self.device)
             dist.all_reduce(t)
             loss_sum = float(t)
-        self.tokens += self._all_reduce_int(batch.real_tokens)
+        self.log.tokens += self._all_reduce_int(batch.real_tokens)
         return loss_sum / max(n_global, 1)
 
     def _all_reduce_int(self, value: int) -> int:
@@ -236,19 +292,10 @@ class Trainer:
         dist.all_reduce(t)
         return int(t)
 
-    def _record_exact(self, batch: PackedBatch, logits: torch.Tensor, scored: torch.Tensor) -> None:
-        """Per dialog in the batch: were all its assistant tokens predicted right (teacher forced)?"""
-        wrong = (logits.argmax(-1) != batch.targets[scored]).cpu().numpy()
-        dialog_of_token = batch.dialogs[scored].cpu().numpy()
-        present = np.unique(batch.dialogs[batch.dialogs >= 0].cpu().numpy())
-        self.last_seen[present] = self.step
-        self.exact[present] = True
-        self.exact[np.unique(dialog_of_token[wrong])] = False
-
     def proxy(self) -> float:
         """Share of the dialogs trained on in the last ``eval_every`` steps that were teacher-forced exact (all ranks
         merged): a free estimate of recall, so large worlds need not wait a whole epoch."""
-        last_seen, exact = self.last_seen, self.exact
+        last_seen, exact = self.log.last_seen, self.log.exact
         if self.dist.distributed:
             pair = torch.from_numpy(np.stack([last_seen, exact.astype(np.int64)])).to(self.device)
             gathered = [torch.empty_like(pair) for _ in range(self.dist.world_size)]
@@ -257,8 +304,7 @@ class Trainer:
             latest = stacked[:, 0].argmax(0)
             last_seen = stacked[latest, 0, np.arange(stacked.shape[2])]
             exact = stacked[latest, 1, np.arange(stacked.shape[2])].astype(bool)
-        recent = last_seen >= max(0, self.step - self.cfg.eval_every)  # flags from the current stretch of training
-        return float(exact[recent].mean()) if recent.any() else 0.0
+        return RunLog.proxy_of(last_seen, exact, self.step, self.cfg.eval_every)
 
     # -- the loop ------------------------------------------------------------------------------
     def maybe_evaluate(self, final: bool) -> bool:
@@ -271,10 +317,7 @@ class Trainer:
             self.model.eval()
             recall = float(self.evaluate(self.model, final))
             self.model.train()
-            seconds = time.perf_counter() - start
-            self.eval_seconds += seconds
-            self.evals.append(EvalPoint(step=self.step, recall=recall, proxy=proxy, seconds=round(seconds, 3)))
-            logger.info("step %d: proxy %.4f recall %.4f (%.1fs)", self.step, proxy, recall, seconds)
+            self.log.evaluated(self.step, recall, proxy, time.perf_counter() - start, cfg.target_recall)
         stop = recall >= cfg.target_recall
         if self.dist.distributed:
             t = torch.tensor([int(stop)], device=self.device)
@@ -294,17 +337,17 @@ class Trainer:
             total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress or self.dist.rank
         )
         try:
-            while self.step < cfg.steps and not self.reached:
+            while self.step < cfg.steps and not self.log.reached:
                 start = time.perf_counter()
                 loss = self.train_step(self.stream.batch(self.step))
-                self.train_seconds += time.perf_counter() - start
-                self.losses.append(loss)
+                self.log.train_seconds += time.perf_counter() - start
+                self.log.losses.append(loss)
                 self.step += 1
                 bar.update()
                 if self.step % cfg.log_every == 0:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr_at(self.step - 1, cfg):.2e}")
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    self.reached = self.maybe_evaluate(final=self.step == cfg.steps)
+                    self.log.reached = self.maybe_evaluate(final=self.step == cfg.steps)
                     self.write_metrics()  # a long run shows its progress on disk
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save()
@@ -315,29 +358,8 @@ class Trainer:
         return self.result()
 
     def result(self) -> TrainResult:
-        seconds = max(self.train_seconds, 1e-9)
-        return TrainResult(
-            steps=self.step,
-            reached_target=self.reached,
-            stopped_early=self.reached and self.step < self.cfg.steps,
-            final_loss=self.losses[-1] if self.losses else float("nan"),
-            losses=self.losses,
-            evals=self.evals,
-            train_seconds=round(self.train_seconds, 3),
-            eval_seconds=round(self.eval_seconds, 3),
-            tokens=self.tokens,
-            tokens_per_s=round(self.tokens / seconds, 1),
-        )
+        return self.log.result(self.cfg)
 
     def write_metrics(self) -> None:
-        """metrics.jsonl: the loss every ``log_every`` steps, then every evaluation."""
-        if self.dist.rank:
-            return
-        lines = [
-            {"step": s + 1, "loss": round(self.losses[s], 6), "lr": lr_at(s, self.cfg)}
-            for s in range(len(self.losses))
-            if (s + 1) % self.cfg.log_every == 0 or s + 1 == len(self.losses)
-        ]
-        lines += [{"eval": e.model_dump()} for e in self.evals]
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+        if self.dist.rank == 0:
+            self.log.write_metrics(self.run_dir, self.cfg)

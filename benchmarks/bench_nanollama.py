@@ -6,8 +6,9 @@
 2. Evaluation decoding: batched greedy decoding with the KV cache vs the same decoder one
    sequence at a time, on the same prompts (the replies must be identical).
 3. Many small models (``--stack K``): K same-shape models trained at once with stacked weights
-   (``trainers/nanollama/stacked.py``) vs the same K models stepped one after another, same
-   batches: models x steps per second. Made for GPUs, where one tiny model leaves the device idle.
+   (``trainers/nanollama/stacked.py``), each on its own data order as in ``StackedTrainer``, vs the same K
+   models stepped one after another on the same batches: models x steps per second. Made for GPUs,
+   where one tiny model leaves the device idle.
 
     python benchmarks/bench_nanollama.py                      # CPU, 1 thread
     python benchmarks/bench_nanollama.py --device cuda --emb-dim 64 --batch-rows 128
@@ -150,18 +151,19 @@ def bench_stacked(args, stream: PackedStream, vocab: int, device: torch.device) 
         torch.manual_seed(seed)
         models.append(Llama(LlamaConfig(vocab_size=vocab, emb_dim=args.stack_dim)).to(device))
     stack = StackedLlama(models).to(device)
-    batches = [stream.batch(i).to(device) for i in range(args.stack_steps + 1)]
+    streams = [PackedStream(stream.dialogs, stream.seq_len, stream.batch_rows, seed=k) for k in range(args.stack)]
+    batches = [[s.batch(i).to(device) for s in streams] for i in range(args.stack_steps + 1)]  # each its own data
     optimizers = [build_optimizer(m, cfg) for m in models]
     stack_optimizer = build_stacked_optimizer(stack, cfg)
 
-    def one_by_one(batch: PackedBatch) -> None:
-        for model, optimizer in zip(models, optimizers, strict=True):
+    def one_by_one(step_batches: list[PackedBatch]) -> None:
+        for model, optimizer, batch in zip(models, optimizers, step_batches, strict=True):
             ours_loss(model, batch).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    def stacked(batch: PackedBatch) -> None:
-        stack(batch)[0].sum().backward()
+    def stacked(step_batches: list[PackedBatch]) -> None:
+        stack(step_batches)[0].sum().backward()
         stack_optimizer.step()
         stack_optimizer.zero_grad(set_to_none=True)
 

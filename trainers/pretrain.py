@@ -9,6 +9,8 @@ The run directory holds ``config.json`` (resolved config), ``metrics.jsonl`` (lo
 evaluations), ``summary.json`` (``RunSummary``), ``records_train.jsonl`` / ``records_unseen.jsonl``
 (one ``FactRecord`` per question, tools executed for real) and ``checkpoint.pt``. Re-running the
 same command resumes from the checkpoint; a finished run returns its summary at once.
+``main_stacked`` trains runs that differ only in their seed as one stack in one process, each
+ending as its single run would (``python -m evals.study --stack-seeds`` uses it).
 """
 
 from __future__ import annotations

@@ -105,6 +105,8 @@ class RunLog:
     """One model's training record: the loss curve, per-dialog teacher-forced exactness (the early-stopping
     proxy), evaluations, tokens and time. A ``Trainer`` keeps one; a stack of models keeps one per model."""
 
+    _STATE = ("losses", "last_seen", "exact", "tokens", "train_seconds", "eval_seconds", "reached")  # checkpointed
+
     def __init__(self, n_dialogs: int):
         self.last_seen = np.full(n_dialogs, -1, dtype=np.int64)  # step at which each dialog was last trained on
         self.exact = np.zeros(n_dialogs, dtype=bool)  # was greedy right on all its assistant tokens then?
@@ -136,8 +138,6 @@ class RunLog:
         self.evals.append(EvalPoint(step=step, recall=recall, proxy=proxy, seconds=round(seconds, 3)))
         self.reached = recall >= target
         logger.info("step %d: proxy %.4f recall %.4f (%.1fs)", step, proxy, recall, seconds)
-
-    _STATE = ("losses", "last_seen", "exact", "tokens", "train_seconds", "eval_seconds", "reached")
 
     def state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._STATE} | {"evals": [e.model_dump() for e in self.evals]}

@@ -455,7 +455,7 @@ if __name__ == "__main__":
     config = parse()
     try:
         result = main(config)
-    except OSError as err:  # an unwritable output folder, a full disk: finished runs stay on disk for a rerun
-        sys.exit(f"evals.study: {err}")
+    except (OSError, ValueError) as err:  # an unwritable folder, a full disk, a run folder of other settings:
+        sys.exit(f"evals.study: {err}")  # finished runs stay on disk for a rerun
     print((Path(result.out) / "thresholds.md").read_text(encoding="utf-8"))
     print(json.dumps({k: v for k, v in result.model_dump().items() if k != "thresholds"}, indent=2))

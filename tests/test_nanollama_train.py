@@ -70,6 +70,13 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_loss_curve(dialogs, tmp_
     assert torch.equal(resumed.model.lm_head.weight, _load_head(tmp_path / "straight"))
 
 
+def test_resume_refuses_a_checkpoint_of_other_settings(dialogs, tmp_path):
+    _trainer(dialogs, tmp_path / "run", steps=4).train(resume=False)
+    with pytest.raises(ValueError, match=r"other settings \(steps\)"):
+        _trainer(dialogs, tmp_path / "run", steps=8).train(resume=True)
+    assert _trainer(dialogs, tmp_path / "run", steps=4, log_every=1).train(resume=True).steps == 4  # logging only
+
+
 def _load_head(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]["lm_head.weight"]
 

@@ -368,6 +368,6 @@ if __name__ == "__main__":
     config = parse()
     try:
         summary = main(config)
-    except OSError as err:  # an unwritable run or world directory, a full disk: say so without a traceback
+    except (OSError, ValueError) as err:  # an unwritable folder, a full disk, a checkpoint of other settings
         sys.exit(f"trainers/pretrain.py: {err}")
     print(json.dumps(summary.model_dump(), indent=2))

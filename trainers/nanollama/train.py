@@ -253,6 +253,13 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=False)
         if state["model_config"] != self.model.cfg.to_dict():
             raise ValueError(f"checkpoint {path} is of another model: {state['model_config']}")
+        saved, now = state["train_config"], self.cfg.model_dump()
+        changed = sorted(k for k in now if k not in ("log_every", "checkpoint_every") and saved.get(k) != now[k])
+        if changed:  # e.g. more steps: a longer cosine schedule would not continue the saved curve
+            raise ValueError(
+                f"checkpoint {path} was trained with other settings ({', '.join(changed)}): resume with the same "
+                "settings, or start afresh (--no-resume, or another --out)"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]

@@ -113,12 +113,15 @@ def test_stacked_seeds_run_as_one_job_per_width_and_match_separate_runs(tmp_path
 
 
 @pytest.mark.slow
-def test_study_through_submitit_runs_the_same_trials(tmp_path, torch_threads):
+@pytest.mark.parametrize("stack_seeds", [False, True])
+def test_study_through_submitit_runs_the_same_trials(tmp_path, torch_threads, stack_seeds):
     """The Slurm launcher path, with submitit's in-process 'debug' cluster standing in for Slurm."""
-    cfg = _tiny(tmp_path, people=[1], modes=["in_tool"], launcher="slurm", slurm={"cluster": "debug"})
+    extra = {"seeds": [0, 1], "stack_seeds": True} if stack_seeds else {}
+    cfg = _tiny(tmp_path, people=[1], modes=["in_tool"], launcher="slurm", slurm={"cluster": "debug"}, **extra)
     result = main(cfg)
-    assert result.launched >= 1
+    assert result.launched >= (2 if stack_seeds else 1)
     assert (tmp_path / "study" / "slurm").is_dir()
+    assert len(list((tmp_path / "study" / "runs").glob("*/summary.json"))) == result.launched
 
 
 def test_thresholds_use_the_smallest_passing_width_and_bits_per_parameter(tmp_path):

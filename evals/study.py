@@ -415,22 +415,16 @@ class Study:
 
 
 def load_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> StudyConfig:
-    from trainers.nanollama.config import load_yaml, merge, nest_flags
+    """The study config from ``--config`` or the ``--preset`` file (which also names the default output folder)."""
+    from trainers.nanollama.config import resolve
 
-    if not args.config and args.preset and not (PRESETS / f"{args.preset}.yaml").exists():
+    preset_file = None if args.config else PRESETS / f"{args.preset}.yaml"
+    if preset_file is not None and not preset_file.exists():
         known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
         parser.error(f"no preset {args.preset!r}; known: {known}")
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "preset")}
-    try:
-        data: dict[str, Any] = {}
-        if args.config:
-            data = load_yaml(args.config)
-        elif args.preset:
-            data = {"preset": args.preset} | load_yaml(PRESETS / f"{args.preset}.yaml")
-        return StudyConfig.model_validate(merge(data, nest_flags(StudyConfig, flags)))
-    except ValueError as err:  # a bad file or a bad value (pydantic's ValidationError)
-        parser.error(str(err))
-        raise
+    flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "preset"})
+    base = {"preset": args.preset} if preset_file is not None else {}
+    return resolve(StudyConfig, flags, parser, default_file=preset_file, base=base)
 
 
 def parse(argv: list[str] | None = None) -> StudyConfig:

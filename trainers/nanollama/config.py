@@ -99,12 +99,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve(
-    model: type[BaseModel], args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
+    model: type[BaseModel],
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser | None = None,
+    *,
+    default_file: str | Path | None = None,
+    base: dict[str, Any] | None = None,
 ) -> BaseModel:
-    """``model`` from defaults < ``args.config`` (YAML) < the flags given; errors name the bad file or keys."""
+    """``model`` from defaults < ``base`` < ``args.config`` (else ``default_file``; YAML) < the flags given; errors
+    name the bad file or keys (through ``parser.error`` when given)."""
     flags = {k: v for k, v in vars(args).items() if k != "config"}
+    path = getattr(args, "config", None) or default_file
     try:
-        data = load_yaml(args.config) if getattr(args, "config", None) else {}
+        data = merge(base or {}, load_yaml(path) if path else {})
         return model.model_validate(merge(data, nest_flags(model, flags)))
     except ValueError as err:  # includes pydantic's ValidationError
         if parser is None:

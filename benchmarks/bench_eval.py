@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script from anywhere
-
 from itl_env.env import ToolUseEnv
 from itl_env.rollout import RolloutResult, rollout
 from itl_env.world import WorldSpec, ensure_world

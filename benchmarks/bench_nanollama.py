@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
 from itl_env.world import WorldSpec, build_world
-from trainers.nanollama.data import PackedBatch, PackedStream, encode_dialogs, oracle_conversations
+from trainers.nanollama.data import PackedBatch, PackedStream, encode_dialogs, every_phrasing
 from trainers.nanollama.model import Llama, LlamaConfig, count_parameters, document_mask
 from trainers.nanollama.policy import NanoLlamaPolicy
 from trainers.nanollama.stacked import StackedLlama, build_stacked_optimizer
@@ -215,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         world = build_world(WorldSpec(people=args.people, unseen_people=1), Path(tmp) / "world.db")
         tokenizer = ByteTokenizer("find")
-        conversations = oracle_conversations(world, args.mode, "find")
+        conversations = every_phrasing(world, args.mode, "find")
         stream = PackedStream(encode_dialogs(conversations, tokenizer), args.seq_len, args.batch_rows, seed=0)
         world.close()
     params = count_parameters(LlamaConfig(vocab_size=tokenizer.vocab_size, emb_dim=args.emb_dim))

@@ -20,21 +20,18 @@ import gc
 import random
 import re
 import sqlite3
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script from anywhere
-
 from itl_env.env import ToolUseEnv, fact_registry
 from itl_env.formats import ToolCall, get_format
 from itl_env.oracle import OraclePolicy
 from itl_env.rollout import rollout
+from itl_env.store import PEOPLE_TABLE, Attribute
 from itl_env.world import World, WorldSpec, ensure_world
-from tools.facts import PEOPLE_TABLE, Attribute
 
 RAW_CALL = re.compile(
     r'<tool_call>\s*\{"name": "lookup", "arguments": \{"name": "(?P<name>[^"]*)", "attribute": "(?P<attribute>\w+)"\}\}'

@@ -19,20 +19,28 @@ from pathlib import Path
 from typing import Any
 
 from itl_env import chat_template, dialogs
+from itl_env.store import Attribute
 from itl_env.world import ATTRIBUTE_ATOMS, atoms
-from tools.facts import Attribute
 
 PAD = "<|pad|>"
 
 
 @dataclass(frozen=True)
 class DefaultModelConfig:
-    hidden_size: int = 192
-    layers: int = 4
-    heads: int = 6
-    intermediate_size: int = 576
+    """The embedded default model: 2 layers x 128 (689k parameters with its ~1k-token vocabulary), the model
+    ``trainers/sft.py`` trains by default. Heads of 32 dimensions, an MLP 3x as wide as the model."""
+
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate_size: int = 384
     max_positions: int = 512
     seed: int = 0
+
+    @classmethod
+    def of_width(cls, hidden_size: int, layers: int, seed: int = 0) -> DefaultModelConfig:
+        """The default model's shape at another width and depth (heads of 32 dims, MLP 3x wide)."""
+        return cls(hidden_size, layers, max(1, hidden_size // 32), 3 * hidden_size, seed=seed)
 
 
 def template_corpus() -> list[str]:

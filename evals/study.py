@@ -1,31 +1,14 @@
 """The controlled memory study (the paper's Section 5): the smallest nanoLlama that recalls its facts.
 
-For each mode and number of people, search over the model width for the smallest model whose
-rollout recall on the training facts reaches the target (0.99) within the step budget; every run
-stops as soon as it gets there. In-tool models are also scored on unseen people.
-
     python -m evals.study --preset cpu                      # ~45 min on 2 free CPU cores
-    python -m evals.study --preset cpu --published /work/shared/reference/itl_grid4.csv
+    python -m evals.study --preset cpu --published ../shared/reference/itl_grid4.csv
     python -m evals.study --config configs/study/paper.yaml --launcher slurm --partition gpu
     python -m evals.study --preset tiny --out runs/study/tiny --workers 0   # seconds; what the tests run
+    itl-study --preset cpu                                  # the same, installed command
 
-Search: widths come from the ``emb_dims`` grid, assumed monotone (a wider model that fails means
-every narrower one fails). With ``chain`` (default) the people counts of a mode are searched in
-increasing order, each starting from the previous threshold (in-weight thresholds only grow with
-the facts), so the two modes run side by side as two chains; without it every (mode, people)
-search runs independently (for a cluster). A search tests its start width, then doubles up after
-a failure or halves down after a success until it brackets the threshold, then bisects.
-
-Seeds: a width passes if any of its seeds does; seeds run one after another (stopping at the first
-that passes), or with ``stack_seeds`` all at once as one stack in one process
-(``trainers/nanollama/stacked.py``: one batched kernel per layer for every seed, the way to keep a
-GPU busy with models this small; each run directory ends exactly as the separate run's would).
-
-Output in ``out``: ``runs/<mode>-p<people>-d<width>-s<seed>/`` (one ``trainers/pretrain.py`` run
-directory each; finished runs are skipped when the study is run again), ``results.csv`` (one row
-per run), ``thresholds.csv`` / ``thresholds.md`` (per mode and people: threshold params, bits per
-parameter for in-weight, unseen-people recall for in-tool, the published threshold when
-``--published`` is given), ``study.json`` and ``params_vs_facts.png``.
+A preset is ``configs/study/<name>.yaml`` and names the default output folder
+(``runs/study/<name>``); ``--config FILE`` replaces the preset file; flags override either. The
+search, the runs it launches and what it writes are described in ``trainers.memory_study``.
 """
 
 from __future__ import annotations
@@ -34,422 +17,57 @@ import argparse
 import json
 import logging
 import sys
-import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
-from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from trainers.memory_study import StudyConfig, StudyResult, run_study
 
-if __package__ in (None, ""):  # `python evals/study.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from evals.study_launch import Launcher, SlurmConfig
-from evals.study_report import bits_per_fact, markdown_table, published_thresholds, write_csv
-from trainers.nanollama.train import TrainConfig
-from trainers.pretrain import PretrainConfig, RunSummary, check_shape, finished_summary
-
-logger = logging.getLogger("evals.study")
-
-Mode = Literal["in_weight", "in_tool"]
-PRESETS = Path(__file__).resolve().parent.parent / "configs" / "study"
-
-
-class StudyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    preset: str = Field("cpu", description="preset name (configs/study/<preset>.yaml) and default output folder")
-    modes: list[Mode] = Field(default_factory=lambda: ["in_weight", "in_tool"], description="modes to study")
-    people: list[int] = Field(default_factory=lambda: [8, 32, 128], description="numbers of training people")
-    emb_dims: list[int] = Field(
-        default_factory=lambda: [8, 12, 16, 20, 24, 32, 40, 48, 64], description="candidate model widths (ascending)"
-    )
-    start_emb_dim: dict[str, int] = Field(
-        default_factory=dict, description="first width tried per mode (default: the grid's middle)"
-    )
-    seeds: list[int] = Field(default_factory=lambda: [0], description="a width passes if any seed passes")
-    stack_seeds: bool = Field(
-        False,
-        description="train all seeds of a width at once as one stack in one process (batched kernels: for GPUs; "
-        "on a CPU separate runs are faster, and without it a width stops at its first passing seed)",
-    )
-    chain: bool = Field(True, description="search people counts of a mode in order, each from the last threshold")
-    unseen_people: int = Field(64, ge=0, description="unseen people for in-tool generalisation")
-    world_seed: int = 0
-    tool_format: Literal["find", "hermes"] = "find"
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    launcher: Literal["local", "slurm"] = Field("local", description="local process pool or Slurm via submitit")
-    workers: int = Field(2, ge=0, description="local worker processes (0 = run in this process)")
-    threads: int = Field(1, ge=1, description="torch threads per run")
-    device: str = Field("cpu", description="device of each run (cpu, cuda, auto)")
-    gpus_per_run: int = Field(0, ge=0, description="GPUs per run; > 1 launches each run with torchrun (DDP)")
-    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
-    out: str | None = Field(None, description="output folder (default: runs/study/<preset>)")
-    published: str | None = Field(None, description="published results CSV (itl_grid4.csv) to compare and overlay")
-    progress: bool = Field(False, description="progress bars inside runs")
-
-    @model_validator(mode="after")
-    def _check(self) -> StudyConfig:
-        if self.emb_dims != sorted(set(self.emb_dims)):
-            raise ValueError("emb_dims must be ascending and distinct")
-        shape = {k: PretrainConfig.model_fields[k].default for k in ("n_layers", "n_heads")}
-        for d in self.emb_dims:
-            try:
-                check_shape(d, **shape)
-            except ValueError as err:
-                raise ValueError(f"emb_dims: width {d}: {err}") from err
-        if sorted(set(self.people)) != self.people:
-            raise ValueError("people must be ascending and distinct")
-        if self.stack_seeds and self.gpus_per_run > 1:
-            raise ValueError("stack_seeds trains a stack in one process: use gpus_per_run 0 or 1")
-        unknown = set(self.start_emb_dim) - {"in_weight", "in_tool"}
-        if unknown:
-            raise ValueError(f"start_emb_dim has unknown modes {sorted(unknown)}")
-        return self
-
-    def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("runs/study") / self.preset
-
-    def run_config(self, mode: str, people: int, emb_dim: int, seed: int) -> PretrainConfig:
-        out = self.out_dir()
-        return PretrainConfig(
-            mode=mode,
-            people=people,
-            unseen_people=self.unseen_people,
-            world_seed=self.world_seed,
-            world_dir=str(out / "worlds"),
-            tool_format=self.tool_format,
-            emb_dim=emb_dim,
-            train=self.train.model_copy(update={"seed": seed}),
-            out=str(out / "runs" / f"{mode}-p{people}-d{emb_dim}-s{seed}"),
-            device=self.device,
-            threads=self.threads,
-            progress=self.progress,
-        )
-
-
-class SizeSearch:
-    """Smallest index of a monotone pass/fail grid: start, gallop (double/halve the width), then bisect."""
-
-    def __init__(self, grid: list[int], start: int, floor: int = 0):
-        self.grid = grid
-        self.start = min(max(start, floor), len(grid) - 1)
-        self.floor = floor  # indices below are known (or assumed) to fail
-        self.results: dict[int, bool] = {}
-
-    def _bounds(self) -> tuple[int, int]:
-        fails = [i for i, ok in self.results.items() if not ok] + [self.floor - 1]
-        passes = [i for i, ok in self.results.items() if ok] + [len(self.grid)]
-        return max(fails), min(passes)
-
-    def next(self) -> int | None:
-        """The next index to test, or None when the threshold is bracketed (or nothing is left to try)."""
-        if self.floor >= len(self.grid):
-            return None
-        if not self.results:
-            return self.start
-        lo, hi = self._bounds()
-        if hi <= lo + 1:
-            return None
-        if hi == len(self.grid):  # nothing passed yet: double the width
-            return min(len(self.grid) - 1, self._index_of_width(2 * self.grid[lo]))
-        if lo < self.floor:  # nothing failed yet: halve the width
-            return max(self.floor, min(hi - 1, self._index_of_width(self.grid[hi] / 2)))
-        return (lo + hi) // 2
-
-    def _index_of_width(self, width: float) -> int:
-        return min(range(len(self.grid)), key=lambda i: (abs(self.grid[i] - width), i))
-
-    def record(self, index: int, passed: bool) -> None:
-        self.results[index] = passed
-
-    @property
-    def threshold(self) -> int | None:
-        """Index of the smallest passing width (None if none passed)."""
-        passing = [i for i, ok in self.results.items() if ok]
-        return min(passing) if passing else None
-
-
-# -- the study ------------------------------------------------------------------------------------
-class StudyResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    out: str
-    launched: int = Field(description="runs trained by this invocation")
-    reused: int = Field(description="finished runs found on disk and skipped")
-    wall_seconds: float
-    run_seconds: float = Field(description="sum of the wall time of every run in the study (incl. earlier invocations)")
-    cpu_seconds: float = Field(description="sum of the CPU time of every run: the cost on an unloaded machine")
-    thresholds: list[dict[str, Any]]
-    shape: dict[str, float | None]
-
-
-class Study:
-    def __init__(self, cfg: StudyConfig, launcher: Launcher | None = None):
-        self.cfg = cfg
-        self.launcher = launcher or Launcher(cfg)
-        self.summaries: dict[tuple[str, int, int, int], RunSummary] = {}
-        self.launched = self.reused = 0
-        self.searches: dict[tuple[str, int], SizeSearch] = {}
-
-    def _start(self, mode: str, people: int) -> tuple[int, int] | None:
-        """(start index, floor) of the search for (mode, people), or None while its chain predecessor runs."""
-        grid = self.cfg.emb_dims
-        first = grid.index(self.cfg.start_emb_dim[mode]) if mode in self.cfg.start_emb_dim else len(grid) // 2
-        position = self.cfg.people.index(people)
-        if not self.cfg.chain or position == 0:
-            return first, 0
-        previous = self.searches.get((mode, self.cfg.people[position - 1]))
-        if previous is None or previous.next() is not None:
-            return None
-        if mode != "in_weight":  # in-tool may need less width for more people (copying beats memorising): no floor
-            return (previous.threshold if previous.threshold is not None else first), 0
-        if previous.threshold is None:  # in-weight needs at least as much width for more facts: none in the grid
-            return len(grid), len(grid)
-        return previous.threshold, previous.threshold
-
-    def _trial_passed(self, mode: str, people: int, index: int) -> bool | None:
-        """Whether any seed of this width passed (None while a seed is still to run)."""
-        d = self.cfg.emb_dims[index]
-        results = [self.summaries.get((mode, people, d, s)) for s in self.cfg.seeds]
-        if any(r is not None and r.reached_target for r in results):
-            return True
-        return None if any(r is None for r in results) else False
-
-    def _seeds_to_run(self, mode: str, people: int, index: int) -> list[int]:
-        """The seeds of this width still to train: the next one, or (``stack_seeds``) all that are left."""
-        d = self.cfg.emb_dims[index]
-        left = [s for s in self.cfg.seeds if (mode, people, d, s) not in self.summaries]
-        return left if self.cfg.stack_seeds else left[:1]
-
-    def run(self) -> StudyResult:
-        cfg = self.cfg
-        out = cfg.out_dir()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "study_config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        self._prepare_worlds()
-        start = time.perf_counter()
-        in_flight: dict[Future, list[tuple[str, int, int, int]]] = {}
-        busy: set[tuple[str, int]] = set()
-        from tqdm import tqdm
-
-        bar = tqdm(desc="study runs", unit="run")
-        try:
-            while True:
-                self._schedule(in_flight, busy)
-                if not in_flight:
-                    if all(self._search_done(m, p) for m in cfg.modes for p in cfg.people):
-                        break
-                    raise RuntimeError("the study scheduler has nothing to run but searches are unfinished")
-                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-                for future in done:
-                    keys = in_flight.pop(future)
-                    busy.discard(keys[0][:2])
-                    for key, result in zip(keys, future.result(), strict=True):
-                        summary = RunSummary.model_validate(result)
-                        self._record(key, summary)
-                        bar.update()
-                        bar.set_postfix_str(
-                            f"{key[0]} p={key[1]} d={key[2]} s={key[3]}: recall {summary.train_recall:.3f} "
-                            f"in {summary.steps} steps"
-                        )
-        finally:
-            bar.close()
-            self.launcher.close()
-        wall = time.perf_counter() - start
-        return self.write(wall)
-
-    def _search_done(self, mode: str, people: int) -> bool:
-        search = self.searches.get((mode, people))
-        return search is not None and search.next() is None
-
-    def _schedule(self, in_flight: dict[Future, list[tuple[str, int, int, int]]], busy: set[tuple[str, int]]) -> None:
-        """Start every trial that can start: reuse finished runs from disk, submit the rest while slots are free."""
-        progressed = True
-        while progressed:
-            progressed = False
-            for mode in self.cfg.modes:
-                for people in self.cfg.people:
-                    if (mode, people) in busy:
-                        continue
-                    search = self.searches.get((mode, people))
-                    if search is None:
-                        begin = self._start(mode, people)
-                        if begin is None:
-                            continue
-                        search = self.searches[(mode, people)] = SizeSearch(self.cfg.emb_dims, *begin)
-                    index = search.next()
-                    if index is None:
-                        continue
-                    d = self.cfg.emb_dims[index]
-                    runs = [
-                        self.cfg.run_config(mode, people, d, seed) for seed in self._seeds_to_run(mode, people, index)
-                    ]
-                    existing = [(run, finished_summary(run)) for run in runs]
-                    for run, summary in existing:
-                        if summary is not None:
-                            self.reused += 1
-                            self._record((mode, people, d, run.train.seed), summary)
-                    if any(summary is not None for _, summary in existing):
-                        progressed = True
-                        continue
-                    if len(in_flight) >= self.launcher.slots:
-                        continue
-                    logger.info("run %s", ", ".join(run.run_dir().name for run in runs))
-                    in_flight[self.launcher.submit(runs)] = [(mode, people, d, run.train.seed) for run in runs]
-                    self.launched += len(runs)
-                    busy.add((mode, people))
-
-    def _record(self, key: tuple[str, int, int, int], summary: RunSummary) -> None:
-        mode, people, d, _ = key
-        self.summaries[key] = summary
-        index = self.cfg.emb_dims.index(d)
-        passed = self._trial_passed(mode, people, index)
-        if passed is not None:
-            self.searches[(mode, people)].record(index, passed)
-        self._write_results()
-
-    def _prepare_worlds(self) -> None:
-        """Build each world once here, so parallel runs never race to write the same file."""
-        from itl_env.world import WorldSpec, ensure_world
-
-        for people in self.cfg.people:
-            run = self.cfg.run_config(self.cfg.modes[0], people, self.cfg.emb_dims[0], self.cfg.seeds[0])
-            Path(run.world_dir).mkdir(parents=True, exist_ok=True)
-            spec = WorldSpec(seed=run.world_seed, people=people, unseen_people=run.unseen_people)
-            ensure_world(
-                spec, Path(run.world_dir) / f"world-s{run.world_seed}-p{people}-u{run.unseen_people}.db"
-            ).close()
-
-    # -- outputs ------------------------------------------------------------------------------------
-    def _write_results(self) -> None:
-        rows = [s.model_dump() for _, s in sorted(self.summaries.items())]
-        if rows:
-            write_csv(self.cfg.out_dir() / "results.csv", rows)
-
-    def thresholds(self) -> list[dict[str, Any]]:
-        published = published_thresholds(self.cfg.published, self.cfg.train.target_recall) if self.cfg.published else {}
-        bits = bits_per_fact()
-        rows = []
-        for mode in self.cfg.modes:
-            for people in self.cfg.people:
-                search = self.searches.get((mode, people))
-                index = search.threshold if search else None
-                runs = [s for (m, p, _, _), s in self.summaries.items() if m == mode and p == people]
-                best = None
-                if index is not None:
-                    d = self.cfg.emb_dims[index]
-                    best = min(
-                        (s for s in runs if s.emb_dim == d and s.reached_target), key=lambda s: s.steps, default=None
-                    )
-                failed = [s for s in runs if not s.reached_target]
-                largest_fail = max(failed, key=lambda s: s.params, default=None)
-                best_fail = max(failed, key=lambda s: (s.train_recall, s.params), default=None)
-                row: dict[str, Any] = {
-                    "mode": mode,
-                    "people": people,
-                    "facts": 4 * people,
-                    "threshold_emb_dim": best.emb_dim if best else None,
-                    "threshold_params": best.params if best else None,
-                    "steps_to_target": best.steps if best else None,
-                    "train_recall": best.train_recall if best else None,
-                    "unseen_recall": best.unseen_recall if best else None,
-                    "largest_failing_params": largest_fail.params if largest_fail else None,
-                    "best_failing_params": best_fail.params if best_fail else None,
-                    "best_failing_recall": best_fail.train_recall if best_fail else None,
-                    "best_failing_unseen_recall": best_fail.unseen_recall if best_fail else None,
-                    "runs": len(runs),
-                    "bits_per_param": round(4 * people * bits / best.params, 4)
-                    if best and mode == "in_weight"
-                    else None,
-                }
-                if published:
-                    pub = published.get((mode, people))
-                    row["published_params"] = pub
-                    row["ratio_to_published"] = round(best.params / pub, 3) if best and pub else None
-                rows.append(row)
-        return rows
-
-    def shape(self, rows: list[dict[str, Any]]) -> dict[str, float | None]:
-        """Threshold growth from the fewest to the most people, per mode (paper: in-weight ~linear, in-tool flat).
-        When the most people were not reached, ``<mode>_growth_at_least`` is the largest width tried over the first
-        threshold: a lower bound if success is monotone in width."""
-        out: dict[str, float | None] = {}
-        for mode in self.cfg.modes:
-            mine = [r for r in rows if r["mode"] == mode]
-            first, last = mine[0]["threshold_params"], mine[-1]
-            out[f"{mode}_growth"] = (
-                round(last["threshold_params"] / first, 3) if first and last["threshold_params"] else None
-            )
-            tried = last["largest_failing_params"]
-            out[f"{mode}_growth_at_least"] = (
-                round(tried / first, 3) if first and not last["threshold_params"] and tried else None
-            )
-        return out
-
-    def write(self, wall: float) -> StudyResult:
-        out = self.cfg.out_dir()
-        self._write_results()
-        rows = self.thresholds()
-        write_csv(out / "thresholds.csv", rows)
-        (out / "thresholds.md").write_text(markdown_table(rows) + "\n", encoding="utf-8")
-        result = StudyResult(
-            out=str(out),
-            launched=self.launched,
-            reused=self.reused,
-            wall_seconds=round(wall, 1),
-            run_seconds=round(sum(s.wall_seconds for s in self.summaries.values()), 1),
-            cpu_seconds=round(sum(s.cpu_seconds for s in self.summaries.values()), 1),
-            thresholds=rows,
-            shape=self.shape(rows),
-        )
-        (out / "study.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        try:
-            from evals.plots import plot_params_vs_facts
-
-            plot_params_vs_facts(rows, out / "params_vs_facts.png", self.cfg.published, self.cfg.train.target_recall)
-        except ImportError as err:  # matplotlib is optional: the tables are the result
-            logger.warning("no plot (%s); pip install matplotlib", err)
-        return result
-
-
-def load_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> StudyConfig:
-    """The study config from ``--config`` or the ``--preset`` file (which also names the default output folder)."""
-    from trainers.nanollama.config import resolve
-
-    preset_file = None if args.config else PRESETS / f"{args.preset}.yaml"
-    if preset_file is not None and not preset_file.exists():
-        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
-        parser.error(f"no preset {args.preset!r}; known: {known}")
-    flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "preset"})
-    base = {"preset": args.preset} if preset_file is not None else {}
-    return resolve(StudyConfig, flags, parser, default_file=preset_file, base=base)
+PROG = "python -m evals.study"
 
 
 def parse(argv: list[str] | None = None) -> StudyConfig:
-    from trainers.nanollama.config import add_flags
+    import configs
 
-    parser = argparse.ArgumentParser(
-        prog="python -m evals.study",
-        description="Smallest nanoLlama reaching the recall target, per mode and number of people (paper Section 5).",
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default="cpu")
+    first.add_argument("--config")
+    known, _ = first.parse_known_args(argv)
+    preset = None
+    if known.config is None:
+        preset = configs.preset(f"study/{known.preset}.yaml")
+        if not preset.is_file():
+            names = ", ".join(sorted(p.stem for p in preset.parent.glob("*.yaml")))
+            configs.usage_error(PROG, f"no preset {known.preset!r}; known: {names}")
+
+    def preset_flag(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--preset", default=argparse.SUPPRESS, help="preset from configs/study/ (default: cpu)")
+
+    (cfg,) = configs.resolve(
+        [StudyConfig],
+        argv,
+        prog=PROG,
+        description=__doc__,
+        defaults={"preset": known.preset} if preset is not None else {},
+        preset=preset,
+        skip={"preset", "seed"},
+        extra_flags=preset_flag,
     )
-    parser.add_argument("--preset", default="cpu", help="preset from configs/study/ (default: cpu)")
-    parser.add_argument("--config", help="a study YAML file instead of a preset; flags override it")
-    add_flags(parser, StudyConfig, skip={"preset", "start_emb_dim", "seed"})
-    return load_config(parser.parse_args(argv), parser)
+    return cfg
 
 
-def main(cfg: StudyConfig, launcher_factory: Callable[[StudyConfig], Launcher] = Launcher) -> StudyResult:
-    return Study(cfg, launcher_factory(cfg)).run()
+def main(cfg: StudyConfig) -> StudyResult:
+    return run_study(cfg)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = parse(argv)
+    try:
+        result = main(cfg)
+    except (OSError, ValueError) as err:  # an unwritable folder, a full disk, a run folder of other settings:
+        sys.exit(f"{PROG}: {err}")  # finished runs stay on disk for a rerun
+    print((Path(result.out) / "thresholds.md").read_text(encoding="utf-8"))
+    print(json.dumps({k: v for k, v in result.model_dump().items() if k != "thresholds"}, indent=2))
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = parse()
-    try:
-        result = main(config)
-    except (OSError, ValueError) as err:  # an unwritable folder, a full disk, a run folder of other settings:
-        sys.exit(f"evals.study: {err}")  # finished runs stay on disk for a rerun
-    print((Path(result.out) / "thresholds.md").read_text(encoding="utf-8"))
-    print(json.dumps({k: v for k, v in result.model_dump().items() if k != "thresholds"}, indent=2))
+    cli()

@@ -22,7 +22,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def bits_per_fact() -> float:
     """Mean information of one fact of an independent world: log2 of its number of possible values."""
     from itl_env import world
-    from tools.facts import Attribute
+    from itl_env.store import Attribute
 
     sizes = {a: len(world.atoms(kind)) for a, kind in world.ATTRIBUTE_ATOMS.items()}
     sizes[Attribute.birth_date] = world._BIRTH_DAYS  # birth dates are drawn uniformly from this many days

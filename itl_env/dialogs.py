@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from tools.facts import Attribute
+from itl_env.store import Attribute
 
 QUESTIONS: dict[Attribute, tuple[str, ...]] = {
     Attribute.birth_date: (

@@ -4,39 +4,38 @@ An episode asks one question about one person. Each ``step`` takes the assistant
 calls in it are parsed and executed for real and their results are the next observation; a
 message without a tool call is the final answer and ends the episode (``terminated``) with
 reward 1.0 or 0.0 by exact scoring; ``max_turns`` assistant messages without an answer end it
-as ``truncated``. ``info["messages"]`` is the conversation in OpenAI format.
+as ``truncated``. ``info["messages"]`` is the conversation in OpenAI format (a snapshot: it does
+not change when the episode goes on).
 
     >>> import gymnasium, itl_env
     >>> env = gymnasium.make("itl/FactRecall-v0", max_turns=4)
     >>> question, info = env.reset(seed=0)
+
+The environment pickles (its world pickles as its path and is reopened), so it runs in spawned
+workers: ``gymnasium.make_vec("itl/FactRecall-v0", 4, vectorization_mode="async", world=path)``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-import weakref
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-from gymnasium import spaces
 
 from itl_env import dialogs
+from itl_env.fact_tools import fact_registry
 from itl_env.formats import ToolCallFormat, get_format
 from itl_env.scoring import AnswerScorer
-from itl_env.world import SPLITS, Fact, World, WorldSpec, ensure_world
-from tools.facts import lookup_tool
-from tools.registry import Tool, ToolRegistry
+from itl_env.text_space import AnyText
+from itl_env.world import SPLITS, Fact, World, WorldSpec, domain_vocabulary, ensure_world
+from tools.registry import ToolRegistry
+from tools.text import valid_text
 
 MAX_TEXT = 1 << 16
-
-
-class AnyText(spaces.Text):
-    """A text space holding any Unicode string up to ``max_length`` (gymnasium's ``Text`` restricts the charset)."""
-
-    def contains(self, x: Any) -> bool:
-        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
+RESET_OPTIONS = ("fact", "split", "variant")
 
 
 def default_world() -> World:
@@ -49,24 +48,10 @@ def default_world() -> World:
     return ensure_world(spec, path)
 
 
-# Building the lookup tool (pydantic models, schema) and the scorer (one big regex) takes ~5 ms; both are
-# immutable, so a world's environments share them (a rollout makes batch_size environments).
-_LOOKUP_TOOLS: weakref.WeakKeyDictionary[World, Tool] = weakref.WeakKeyDictionary()
-_SCORERS: weakref.WeakKeyDictionary[World, AnswerScorer] = weakref.WeakKeyDictionary()
-
-
-def fact_registry(world: World) -> ToolRegistry:
-    """The registry of fact tools over ``world``'s read-only engine (a new registry; the tool is shared)."""
-    if world not in _LOOKUP_TOOLS:
-        _LOOKUP_TOOLS[world] = lookup_tool(world.index)
-    return ToolRegistry([_LOOKUP_TOOLS[world]])
-
-
-def world_scorer(world: World) -> AnswerScorer:
-    """The exact scorer over ``world``'s candidate values, shared by the world's environments."""
-    if world not in _SCORERS:
-        _SCORERS[world] = AnswerScorer(world.vocabulary)
-    return _SCORERS[world]
+@cache
+def domain_scorer() -> AnswerScorer:
+    """The exact scorer over every attribute's whole domain (one compiled regex, shared by all environments)."""
+    return AnswerScorer(domain_vocabulary())
 
 
 class ToolUseEnv(gym.Env[str, str]):
@@ -87,10 +72,11 @@ class ToolUseEnv(gym.Env[str, str]):
     ):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-        if max_turns < 1:
-            raise ValueError("max_turns must be at least 1")
+        if max_turns < 1 or max_calls_per_turn < 1 or max_action_chars < 1:
+            raise ValueError("max_turns, max_calls_per_turn and max_action_chars must be at least 1")
         if render_mode not in (None, "ansi"):
             raise ValueError(f"unsupported render_mode {render_mode!r}; valid: ansi")
+        self._owns_world = not isinstance(world, World)  # close() closes only a world this env opened
         self.world = world if isinstance(world, World) else default_world() if world is None else World.open(world)
         self.split = split
         self.format = get_format(tool_format) if isinstance(tool_format, str) else tool_format
@@ -100,12 +86,18 @@ class ToolUseEnv(gym.Env[str, str]):
         self.max_calls_per_turn = max_calls_per_turn
         self.max_action_chars = max_action_chars
         self.render_mode = render_mode
-        self.scorer = world_scorer(self.world)
+        self.scorer = domain_scorer()
         self._facts: dict[str, list[Fact]] = {}
         self.observation_space = AnyText(min_length=0, max_length=MAX_TEXT)  # the final step observes ""
         self.action_space = AnyText(max_length=MAX_TEXT)
+        # the episode's state: set by reset, empty until then
         self.fact: Fact | None = None
+        self.turn = 0
+        self.done = True
         self.messages: list[dict[str, Any]] = []
+        self.tool_calls: list[dict[str, Any]] = []
+        self.tool_results: list[dict[str, Any]] = []
+        self.parse_errors: list[str] = []
 
     @property
     def tools(self) -> list[dict[str, Any]]:
@@ -121,33 +113,49 @@ class ToolUseEnv(gym.Env[str, str]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Start an episode. ``options``: ``fact`` (a ``Fact``) or ``split``; ``variant`` picks the phrasing."""
         super().reset(seed=seed)
-        options = options or {}
-        fact = options.get("fact")
-        if fact is None:
-            facts = self.facts(options.get("split"))
-            if not facts:
-                raise ValueError(f"the world has no {options.get('split') or self.split} people")
-            fact = facts[int(self.np_random.integers(len(facts)))]
-        elif not isinstance(fact, Fact):
-            raise TypeError(f"options['fact'] must be a Fact, got {type(fact).__name__}")
-        variant = options.get("variant")
-        if variant is None:
-            variant = int(self.np_random.integers(len(dialogs.QUESTIONS[fact.attribute])))
+        fact, variant = self._episode(options or {})
         self.fact = fact
         self.turn = 0
         self.done = False
-        self.tool_calls: list[dict[str, Any]] = []
-        self.tool_results: list[dict[str, Any]] = []
-        self.parse_errors: list[str] = []
+        self.tool_calls, self.tool_results, self.parse_errors = [], [], []
         question = dialogs.question(fact.person, fact.attribute, variant)
         self.messages = [{"role": "user", "content": question}]
         return question, self._info()
+
+    def _episode(self, options: Any) -> tuple[Fact, int]:
+        """(fact, phrasing) asked for by reset ``options``; a bad option is a ValueError/TypeError that says why."""
+        if not isinstance(options, dict):
+            raise TypeError(f"reset options must be a dict, got {type(options).__name__}")
+        unknown = sorted(set(map(str, options)) - set(RESET_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown reset option(s) {', '.join(map(repr, unknown))}; valid: {', '.join(RESET_OPTIONS)}"
+            )
+        fact = options.get("fact")
+        if fact is None:
+            split = options.get("split") or self.split
+            if split not in SPLITS:
+                raise ValueError(f"reset option split={split!r} is not a split; valid: {', '.join(SPLITS)}")
+            facts = self.facts(split)
+            if not facts:
+                raise ValueError(f"the world has no {split} people")
+            fact = facts[int(self.np_random.integers(len(facts)))]
+        elif not isinstance(fact, Fact):
+            raise TypeError(f"reset option fact must be a Fact (world.facts(...)), got {type(fact).__name__}")
+        variant = options.get("variant")
+        phrasings = len(dialogs.QUESTIONS[fact.attribute])
+        if variant is None:
+            variant = int(self.np_random.integers(phrasings))
+        elif isinstance(variant, bool) or not isinstance(variant, int) or not 0 <= variant < phrasings:
+            raise ValueError(f"reset option variant must be an int in 0..{phrasings - 1}, got {variant!r}")
+        return fact, variant
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self.fact is None or self.done:
             raise RuntimeError("call reset() before step() (the episode is over or never started)")
         if not isinstance(action, str):
             raise TypeError(f"an action is the assistant's text, got {type(action).__name__}")
+        action = valid_text(action)
         self.turn += 1
         if len(action) > self.max_action_chars:
             self.messages.append({"role": "assistant", "content": action[: self.max_action_chars]})
@@ -171,6 +179,7 @@ class ToolUseEnv(gym.Env[str, str]):
                 }
             else:
                 result = self.registry.call(call.name, call.arguments).model_dump()
+                result["content"] = valid_text(result["content"])  # a tool may return any str
             self.tool_calls.append({"name": call.name, "arguments": call.arguments})
             self.tool_results.append(result)
             replies.append(
@@ -185,7 +194,8 @@ class ToolUseEnv(gym.Env[str, str]):
         self.messages.extend(replies)
         truncated = self.turn >= self.max_turns
         self.done = truncated
-        return "\n".join(r["content"] for r in replies), 0.0, False, truncated, self._info()
+        observation = "\n".join(r["content"] for r in replies)[:MAX_TEXT]
+        return observation, 0.0, False, truncated, self._info()
 
     def _finish(self, answer: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         self.messages.append({"role": "assistant", "content": answer})
@@ -195,14 +205,15 @@ class ToolUseEnv(gym.Env[str, str]):
         return "", float(correct), True, False, self._info(answer=answer, correct=correct)
 
     def _info(self, **extra: Any) -> dict[str, Any]:
+        # copies: an info kept by the caller must not change when the episode goes on (messages are never mutated)
         return {
             "fact": self.fact,
-            "messages": self.messages,
+            "messages": list(self.messages),
             "tools": self.tools,
             "turn": self.turn,
-            "tool_calls": self.tool_calls,
-            "tool_results": self.tool_results,
-            "parse_errors": self.parse_errors,
+            "tool_calls": list(self.tool_calls),
+            "tool_results": list(self.tool_results),
+            "parse_errors": list(self.parse_errors),
             **extra,
         }
 
@@ -210,3 +221,9 @@ class ToolUseEnv(gym.Env[str, str]):
         if self.render_mode != "ansi":
             return None
         return "\n".join(f"[{m['role']}] {m.get('content') or m.get('tool_calls')}" for m in self.messages)
+
+    def close(self) -> None:
+        """Release the world's database connections if this environment opened the world itself."""
+        if self._owns_world and self.world is not None:
+            self.world.close()
+        super().close()

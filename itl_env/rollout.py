@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from itl_env.env import ToolUseEnv
 from itl_env.world import Fact
@@ -55,6 +55,8 @@ class FactRecord(BaseModel):
 
 
 class RolloutSummary(BaseModel):
+    """Recall and rates over every record; throughput over the episodes played in this run (not resumed ones)."""
+
     model_config = ConfigDict(extra="forbid")
 
     episodes: int
@@ -64,8 +66,10 @@ class RolloutSummary(BaseModel):
     truncation_rate: float
     mean_turns: float
     tokens_generated: int | None
-    seconds: float
+    played: int = Field(description="episodes played in this run (the rest were read back with resume)")
+    seconds: float = Field(description="wall time of the episodes played")
     episodes_per_s: float
+    tokens_per_s: float | None
 
 
 class RolloutResult(BaseModel):
@@ -76,9 +80,16 @@ class RolloutResult(BaseModel):
     conversations: list[list[dict[str, Any]]] | None = None
 
 
-def summarise(records: Sequence[FactRecord], seconds: float) -> RolloutSummary:
+def summarise(
+    records: Sequence[FactRecord], seconds: float, played: Sequence[FactRecord] | None = None
+) -> RolloutSummary:
+    """The one summary of a set of records (``played``: those of this run, by default all of them)."""
+    played = records if played is None else played
+    seconds = round(seconds, 3)  # the rates below are computed from the seconds reported
     n = max(len(records), 1)
     tokens = [r.tokens_generated for r in records]
+    played_tokens = [r.tokens_generated for r in played]
+    timed = seconds > 0 and bool(played)
     return RolloutSummary(
         episodes=len(records),
         recall=sum(r.correct for r in records) / n,
@@ -87,8 +98,10 @@ def summarise(records: Sequence[FactRecord], seconds: float) -> RolloutSummary:
         truncation_rate=sum(r.truncated for r in records) / n,
         mean_turns=sum(r.turns for r in records) / n,
         tokens_generated=None if not tokens or None in tokens else sum(t for t in tokens if t is not None),
-        seconds=round(seconds, 3),
-        episodes_per_s=round(len(records) / seconds, 2) if seconds > 0 else 0.0,
+        played=len(played),
+        seconds=seconds,
+        episodes_per_s=round(len(played) / seconds, 2) if timed else 0.0,
+        tokens_per_s=round(sum(played_tokens) / seconds, 1) if timed and None not in played_tokens else None,
     )
 
 
@@ -119,8 +132,10 @@ def rollout(
     keep_conversations: bool = False,
     progress: bool = True,
     desc: str = "rollout",
+    variant: int | None = None,
 ) -> RolloutResult:
-    """Play every fact as one episode; see the module docstring."""
+    """Play every fact as one episode; see the module docstring. ``variant`` fixes the question phrasing
+    (default: drawn per episode from ``seed``)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     facts = list(facts)
@@ -149,7 +164,8 @@ def rollout(
                 while queue and free:
                     position, fact = queue.popleft()
                     env = free.pop()
-                    env.reset(seed=seed * 1_000_003 + position, options={"fact": fact})
+                    options: dict[str, Any] = {"fact": fact} if variant is None else {"fact": fact, "variant": variant}
+                    env.reset(seed=seed * 1_000_003 + position, options=options)
                     live.append((env, position, []))
                 outputs = policy.generate([env.messages for env, _, _ in live])
                 if len(outputs) != len(live):
@@ -173,11 +189,14 @@ def rollout(
     finally:
         if sink is not None:
             sink.close()
+        for env in envs:
+            env.close()
     ordered = [results[i] for i in sorted(results)]
-    records = previous + [r for r, _ in ordered]
+    played = [r for r, _ in ordered]
+    records = previous + played
     return RolloutResult(
         records=records,
-        summary=summarise(records, time.perf_counter() - start),
+        summary=summarise(records, time.perf_counter() - start, played),
         conversations=[c for _, c in ordered] if keep_conversations else None,
     )
 

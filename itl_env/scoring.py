@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from tools.facts import Attribute
+from itl_env.store import Attribute
 
 _DATE = re.compile(r"(?<![\w/])\d{1,2}/\d{1,2}/\d{1,4}(?![\w/])")
 

@@ -1,24 +1,60 @@
-"""The fact store: schema and engines. The only module that knows which database is underneath.
+"""The fact store: the people schema and the engines. The only module that knows which database is underneath.
 
-A world is a ``people`` table (one row per person: name, split and one column per attribute)
-plus a ``world_meta`` table (the generating spec and a content hash). A target is a filesystem
-path (SQLite) or any SQLAlchemy URL. SQLite files are written to a temporary file and renamed
-into place, so an interrupted write never leaves a half-written world; other databases are
-written in one transaction.
+A world is a ``people`` table (one row per person: name, split and one column per ``Attribute``)
+plus a ``world_meta`` table (the generating spec, a content hash and the schema version). A
+*target* is a filesystem path (a SQLite file) or, only when it starts with a scheme such as
+``postgresql+psycopg://``, a SQLAlchemy URL: a path is never parsed as a URL, so file names with
+``?``, ``#``, ``%`` or spaces name exactly that file. SQLite files are written to a temporary
+file and renamed into place (removed on every exit path, SIGTERM included), so an interrupted
+write never leaves a half-written world; other databases are written in one transaction. Nothing
+is replaced unless ``force=True``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+import re
+import signal
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, Text, create_engine, event, inspect, select
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    inspect,
+    pool,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, SQLAlchemyError
 
-from tools.facts import PEOPLE_TABLE, Attribute
+PEOPLE_TABLE = "people"
+META_TABLE = "world_meta"
+
+
+class Attribute(StrEnum):
+    """The facts every person has: identifiers of the people table's columns (whitelisted, never user text)."""
+
+    birth_date = "birth_date"
+    birth_place = "birth_place"
+    current_address = "current_address"
+    occupation = "occupation"
+
 
 metadata = MetaData()
 people = Table(
@@ -30,57 +66,130 @@ people = Table(
     *(Column(attribute.value, String(200), nullable=False) for attribute in Attribute),
 )
 world_meta = Table(
-    "world_meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False)
+    META_TABLE, metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False)
 )
 
 
 class NotAWorldError(ValueError):
-    """The target exists but holds no ITL world."""
+    """The target holds no (valid) ITL world, or cannot hold one."""
 
 
-def to_url(target: str | os.PathLike[str]) -> str:
-    """A SQLAlchemy URL for ``target``: URLs pass through, paths become SQLite files."""
-    text = os.fspath(target)
-    return text if "://" in text else f"sqlite:///{Path(text).resolve()}"
+class WorldExistsError(FileExistsError):
+    """Something is already at the target and replacing it was not asked for."""
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL, or None for other databases and in-memory SQLite."""
-    if not url.startswith("sqlite:///") or url in ("sqlite://", "sqlite:///:memory:"):
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def is_url(target: str | os.PathLike[str]) -> bool:
+    """Whether ``target`` is a database URL (it starts with a scheme); anything else is a file path."""
+    return isinstance(target, str) and bool(_SCHEME.match(target))
+
+
+def canonical(target: str | os.PathLike[str]) -> str:
+    """``target`` as given for a URL, as an absolute path for a file (so it means the same from any directory)."""
+    return target if is_url(target) else str(Path(target).expanduser().resolve())
+
+
+def sqlite_file(target: str | os.PathLike[str]) -> Path | None:
+    """The SQLite file behind ``target``: the path itself, the file of a ``sqlite:///`` URL, or None."""
+    if not is_url(target):
+        return Path(canonical(target))
+    url = _url(str(target))
+    if url.get_backend_name() != "sqlite":
         return None
-    return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+    if not url.database or url.database == ":memory:":
+        raise NotAWorldError(
+            f"{target!r} is an in-memory SQLite database, gone when this process ends: give a file path or a "
+            "database server URL"
+        )
+    return Path(url.database).expanduser().resolve()
 
 
-def write_world(target: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
-    """Write ``rows`` and ``meta`` as a new world at ``target`` (replacing any world there); returns its URL."""
-    url = to_url(target)
-    path = sqlite_path(url)
+def _url(text: str) -> Any:
+    try:
+        return make_url(text)
+    except ArgumentError as err:
+        raise NotAWorldError(f"{text!r} is not a valid database URL: {err}") from err
+
+
+def _sqlite_engine(path: Path, *, read_only: bool) -> Engine:
+    # The file is opened through sqlite3 itself: a URI built with every special character percent-encoded
+    # (a SQLAlchemy URL or a bare ``file:`` URI would read ``?``/``#``/``%`` in the name as URI syntax).
+    uri = "file:" + urllib.parse.quote(str(path)) + ("?mode=ro" if read_only else "")
+
+    def connect() -> sqlite3.Connection:
+        # check_same_thread off: read-only connections are safe to share, and the writer uses one thread
+        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    return create_engine("sqlite://", creator=connect, poolclass=pool.QueuePool)
+
+
+def write_world(
+    target: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], meta: Mapping[str, Any], *, force: bool = False
+) -> str:
+    """Write ``rows`` and ``meta`` as a new world at ``target``; returns the canonical target.
+
+    Refuses (``WorldExistsError``) when the target already holds a file or a world, unless ``force``.
+    """
+    path = sqlite_file(target)
     if path is None:
-        engine = create_engine(url)
-        try:
-            with engine.begin() as conn:
-                metadata.drop_all(conn)
-                metadata.create_all(conn)
-                _insert(conn, rows, meta)
-        finally:
-            engine.dispose()
-        return url
+        return _write_server(str(target), rows, meta, force=force)
+    if path.exists() and not force:
+        raise WorldExistsError(f"{path} already exists; pass --force to replace it")
+    if path.is_dir():
+        raise WorldExistsError(f"{path} is a directory, not a world file")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    engine = create_engine(f"sqlite:///{tmp}")
+    with _terminate_as_exit():
+        try:
+            tmp.unlink(missing_ok=True)
+            engine = _sqlite_engine(tmp, read_only=False)
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("PRAGMA journal_mode=OFF")  # a temp file: durability comes from the rename
+                    conn.exec_driver_sql("PRAGMA synchronous=OFF")
+                    metadata.create_all(conn)
+                    _insert(conn, rows, meta)
+            finally:
+                engine.dispose()
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return str(path)
+
+
+def _write_server(url: str, rows: Iterable[Mapping[str, Any]], meta: Mapping[str, Any], *, force: bool) -> str:
+    engine = create_engine(_url(url))
     try:
         with engine.begin() as conn:
-            conn.exec_driver_sql("PRAGMA journal_mode=OFF")  # a temp file: durability comes from the rename
-            conn.exec_driver_sql("PRAGMA synchronous=OFF")
+            present = set(inspect(conn).get_table_names()) & {PEOPLE_TABLE, META_TABLE}
+            if present and not force:
+                raise WorldExistsError(f"{url} already holds tables {sorted(present)}; pass --force to replace them")
+            metadata.drop_all(conn)
             metadata.create_all(conn)
             _insert(conn, rows, meta)
-        engine.dispose()
-        os.replace(tmp, path)
     finally:
         engine.dispose()
-        tmp.unlink(missing_ok=True)
     return url
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit inside the block (its default action would kill the process before any cleanup)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield  # a handler of the caller's (or no way to install one) stays in charge
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _insert(conn: Any, rows: Iterable[Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
@@ -95,16 +204,31 @@ def _insert(conn: Any, rows: Iterable[Mapping[str, Any]], meta: Mapping[str, Any
     conn.execute(world_meta.insert(), [{"key": k, "value": json.dumps(v)} for k, v in meta.items()])
 
 
+def holds_anything(target: str | os.PathLike[str]) -> bool:
+    """Whether something is at ``target``: a file (of any kind) or a database with tables."""
+    path = sqlite_file(target)
+    if path is not None:
+        return path.exists()
+    engine = read_only_engine(target)
+    try:
+        return bool(inspect(engine).get_table_names())
+    except SQLAlchemyError as err:
+        raise NotAWorldError(f"cannot reach {target}: {err}") from err
+    finally:
+        engine.dispose()
+
+
 def read_only_engine(target: str | os.PathLike[str]) -> Engine:
     """An engine that cannot modify the world (SQLite ``mode=ro``; PostgreSQL read-only sessions)."""
-    url = to_url(target)
-    path = sqlite_path(url)
+    path = sqlite_file(target)
     if path is not None:
         if not path.is_file():
             raise FileNotFoundError(f"no world file at {path}; create one with: python -m itl_env.world --out {path}")
-        # check_same_thread off: the connection is read-only, so sharing it across threads is safe
-        return create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", connect_args={"check_same_thread": False})
-    engine = create_engine(url)
+        return _sqlite_engine(path, read_only=True)
+    try:
+        engine = create_engine(_url(str(target)))
+    except SQLAlchemyError as err:  # an unknown dialect or a missing driver
+        raise NotAWorldError(f"cannot open {target}: {err}") from err
     if engine.dialect.name == "postgresql":
 
         @event.listens_for(engine, "connect")
@@ -115,15 +239,68 @@ def read_only_engine(target: str | os.PathLike[str]) -> Engine:
     return engine
 
 
-def read_world(engine: Engine) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(meta, people rows in id order) of the world behind ``engine``."""
+def read_world(engine: Engine, where: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(meta, people rows in id order) of the world behind ``engine``; anything else is a ``NotAWorldError``."""
     try:
         tables = set(inspect(engine).get_table_names())
+        if not {PEOPLE_TABLE, META_TABLE} <= tables:
+            raise NotAWorldError(f"{where} is not an ITL world (tables found: {sorted(tables) or 'none'})")
+        columns = {c["name"] for c in inspect(engine).get_columns(PEOPLE_TABLE)}
+        missing = {c.name for c in people.columns} - columns
+        if missing:
+            raise NotAWorldError(f"{where}: the people table lacks the columns {sorted(missing)}")
+        with engine.connect() as conn:
+            raw = {key: value for key, value in conn.execute(select(world_meta.c.key, world_meta.c.value))}
+            rows = [dict(row._mapping) for row in conn.execute(select(people).order_by(people.c.id))]
     except DatabaseError as err:
-        raise NotAWorldError(f"{engine.url!r} is not a readable database: {err.orig}") from err
-    if not {PEOPLE_TABLE, "world_meta"} <= tables:
-        raise NotAWorldError(f"{engine.url!r} is not an ITL world (tables found: {sorted(tables) or 'none'})")
-    with engine.connect() as conn:
-        meta = {key: json.loads(value) for key, value in conn.execute(select(world_meta.c.key, world_meta.c.value))}
-        rows = [dict(row._mapping) for row in conn.execute(select(people).order_by(people.c.id))]
+        raise NotAWorldError(f"{where} is not a readable database: {err.orig}") from err
+    meta: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            meta[key] = json.loads(value)
+        except (TypeError, ValueError) as err:
+            raise NotAWorldError(f"{where}: world metadata {key!r} is not valid JSON ({err})") from None
     return meta, rows
+
+
+class PeopleIndex:
+    """Compiled per-attribute lookups by full name, on a lazily opened DB-API connection per thread.
+
+    Each attribute's SELECT is compiled once for the engine's dialect: the SQLAlchemy statement stays
+    the single source of the SQL while a call costs what a prepared query costs.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        table = Table(PEOPLE_TABLE, MetaData(), autoload_with=engine)
+        missing = {"name", *(a.value for a in Attribute)} - set(table.c.keys())
+        if missing:
+            raise NotAWorldError(f"table {PEOPLE_TABLE!r} lacks the columns {sorted(missing)}")
+        self._sql: dict[Attribute, str] = {}
+        for attribute in Attribute:  # names are unique, so at most one row comes back
+            statement = select(table.c[attribute.value]).where(table.c.name == bindparam("name"))
+            self._sql[attribute] = str(statement.compile(dialect=engine.dialect))
+        self._positional = engine.dialect.positional
+        self._local = threading.local()
+
+    def value(self, name: str, attribute: Attribute) -> str | None:
+        params: Any = (name,) if self._positional else {"name": name}
+        cursor = self._cursor()
+        cursor.execute(self._sql[attribute], params)
+        row = cursor.fetchone()
+        return None if row is None else row[0]
+
+    def _cursor(self) -> Any:
+        # one connection and one reused cursor per thread: opening a cursor per lookup costs as much as the query
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            self._local.conn = self.engine.raw_connection()
+            cursor = self._local.cursor = self._local.conn.cursor()
+        return cursor
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.cursor.close()
+            conn.close()
+            self._local.conn = self._local.cursor = None

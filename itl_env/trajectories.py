@@ -23,9 +23,11 @@ def oracle_conversations(
     *,
     tool_format: str = "hermes",
     seed: int = 0,
+    variant: int | None = None,
     progress: bool = False,
 ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
-    """(conversations, tools shown) of the oracle playing every fact once; ``seed`` varies the phrasing."""
+    """(conversations, tools shown) of the oracle playing every fact once; ``seed`` draws each question's
+    phrasing, or ``variant`` fixes it."""
     offer_tools = mode == "in_tool"
     env_factory = lambda: ToolUseEnv(world, tool_format=tool_format, offer_tools=offer_tools)  # noqa: E731
     result = rollout(
@@ -38,6 +40,7 @@ def oracle_conversations(
         keep_conversations=True,
         progress=progress,
         desc=f"oracle {mode}",
+        variant=variant,
     )
     wrong = [r.fact_id for r in result.records if not r.correct]
     if wrong:

@@ -13,10 +13,10 @@ function of the last name (a compressible, "dependent" world).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
+import sys
 import zlib
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from itl_env import store
-from tools.facts import Attribute, PeopleIndex
+from itl_env.store import Attribute
 
 logger = logging.getLogger(__name__)
 
@@ -132,19 +132,26 @@ def _from_last_name(last: str, attribute: Attribute) -> str:
     return vocab[h % len(vocab)]
 
 
-def content_hash(rows: list[dict[str, Any]]) -> str:
-    """sha256 of the rows' content, independent of the database that stores them."""
-    digest = hashlib.sha256()
+SCHEMA = 2  # 2: the content hash covers the spec as well as the rows
+
+
+def content_hash(spec: WorldSpec, rows: list[dict[str, Any]]) -> str:
+    """sha256 of the spec and the rows' content, independent of the database that stores them."""
+    digest = hashlib.sha256(spec.model_dump_json().encode() + b"\n")
     for row in rows:
-        fields = [str(row["id"]), row["name"], row["split"], *(row[a.value] for a in Attribute)]
+        fields = [str(row["id"]), row["name"], row["split"], *(str(row[a.value]) for a in Attribute)]
         digest.update(("\t".join(fields) + "\n").encode())
     return digest.hexdigest()
 
 
-def build_world(spec: WorldSpec, target: str | os.PathLike[str]) -> World:
-    """Generate ``spec`` and write it atomically to ``target`` (path or SQLAlchemy URL)."""
+def world_meta(spec: WorldSpec, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"spec": spec.model_dump(), "content_hash": content_hash(spec, rows), "schema": SCHEMA}
+
+
+def build_world(spec: WorldSpec, target: str | os.PathLike[str], *, force: bool = False) -> World:
+    """Generate ``spec`` and write it atomically to ``target`` (path or SQLAlchemy URL); never replaces unless ``force``."""
     rows = generate_people(spec)
-    store.write_world(target, rows, {"spec": spec.model_dump(), "content_hash": content_hash(rows), "schema": 1})
+    store.write_world(target, rows, world_meta(spec, rows), force=force)
     return World.open(target)
 
 
@@ -153,7 +160,7 @@ def ensure_world(spec: WorldSpec, target: str | os.PathLike[str]) -> World:
 
     Never overwrites: a target holding something else, or a world of another spec, is an error.
     """
-    path = store.sqlite_path(store.to_url(target))
+    path = store.sqlite_file(target)
     if path is not None and not path.exists():
         return build_world(spec, target)
     try:
@@ -169,11 +176,45 @@ def ensure_world(spec: WorldSpec, target: str | os.PathLike[str]) -> World:
     return world
 
 
-class World:
-    """A loaded world: its people and facts in memory, the database behind a read-only engine."""
+def open_or_build(
+    target: str | os.PathLike[str] | None,
+    *,
+    people: int | None = None,
+    unseen_people: int | None = None,
+    seed: int | None = None,
+) -> World:
+    """The world at ``target`` if one is there (it records its own spec: options given must agree with it), else
+    one built from the options (``WorldSpec`` defaults for those not given) at ``target`` or its default path."""
+    given = {k: v for k, v in {"people": people, "unseen_people": unseen_people, "seed": seed}.items() if v is not None}
+    fallback = WorldSpec(**{"people": 5000, "unseen_people": 250, **given})
+    target = target if target is not None else fallback.default_path()
+    if not store.holds_anything(target):
+        return build_world(fallback, target)
+    try:
+        world = World.open(target)
+    except store.NotAWorldError as err:
+        raise store.NotAWorldError(f"{err}; it was left untouched, pass another --world") from err
+    differs = {k: (v, getattr(world.spec, k)) for k, v in given.items() if getattr(world.spec, k) != v}
+    if differs:
+        world.close()
+        said = ", ".join(f"{k}={v} (the world has {w})" for k, (v, w) in differs.items())
+        raise ValueError(f"the world at {target} was generated from {world.spec.model_dump()}: {said}; drop the option")
+    return world
 
-    def __init__(self, url: str, spec: WorldSpec, content_hash: str, rows: list[dict[str, Any]], engine: Any):
-        self.url = url
+
+class WorldIntegrityError(store.NotAWorldError):
+    """The world's rows or spec were changed after it was generated (its content hash no longer matches)."""
+
+
+class World:
+    """A loaded world: its people and facts in memory, the database behind a read-only engine.
+
+    Opening verifies it (schema version, spec, row counts, content hash): a tampered world is refused.
+    A world pickles as its target and is opened (and verified) again where it is unpickled.
+    """
+
+    def __init__(self, target: str, spec: WorldSpec, content_hash: str, rows: list[dict[str, Any]], engine: Any):
+        self.target = target
         self.spec = spec
         self.content_hash = content_hash
         self.rows = rows
@@ -181,19 +222,23 @@ class World:
 
     @classmethod
     def open(cls, target: str | os.PathLike[str]) -> World:
-        url = store.to_url(target)
-        engine = store.read_only_engine(url)
+        where = store.canonical(target)
+        engine = store.read_only_engine(where)
         try:
-            meta, rows = store.read_world(engine)
-            spec = WorldSpec.model_validate(meta["spec"])
+            meta, rows = store.read_world(engine, where)
+            spec, digest = _verified(meta, rows, where)
         except Exception:
             engine.dispose()
             raise
-        return cls(url, spec, meta["content_hash"], rows, engine)
+        return cls(where, spec, digest, rows, engine)
+
+    @property
+    def url(self) -> str:
+        return self.target
 
     @cached_property
-    def index(self) -> PeopleIndex:
-        return PeopleIndex(self.engine)
+    def index(self) -> store.PeopleIndex:
+        return store.PeopleIndex(self.engine)
 
     def people(self, split: str = "train") -> list[dict[str, Any]]:
         return [row for row in self.rows if row["split"] == split]
@@ -210,11 +255,6 @@ class World:
     def by_name(self) -> dict[str, dict[str, Any]]:
         return {row["name"]: row for row in self.rows}
 
-    @cached_property
-    def vocabulary(self) -> dict[Attribute, frozenset[str]]:
-        """The distinct values of each categorical attribute: what counts as a 'candidate value'."""
-        return {a: frozenset(row[a.value] for row in self.rows) for a in ATTRIBUTE_ATOMS}
-
     def to_dataset(self, split: Split | None = None) -> Any:
         """The people of ``split`` (or all) as a Hugging Face ``datasets.Dataset``."""
         from datasets import Dataset
@@ -226,68 +266,107 @@ class World:
         # read-only and backed by an engine: copies share it (gymnasium deep-copies env kwargs, e.g. in check_env)
         return self
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (World.open, (self.target,))
+
     def close(self) -> None:
         if "index" in self.__dict__:
             self.index.close()
         self.engine.dispose()
 
     def __repr__(self) -> str:
-        return f"World({self.url!r}, people={self.spec.people}, unseen={self.spec.unseen_people}, hash={self.content_hash[:12]})"
+        return f"World({self.target!r}, people={self.spec.people}, unseen={self.spec.unseen_people}, hash={self.content_hash[:12]})"
+
+
+def _verified(meta: dict[str, Any], rows: list[dict[str, Any]], where: str) -> tuple[WorldSpec, str]:
+    """(spec, content hash) of a world read from ``where``, or a ``NotAWorldError`` saying what is wrong."""
+    missing = [key for key in ("spec", "content_hash", "schema") if key not in meta]
+    if missing:
+        raise store.NotAWorldError(f"{where}: the world metadata lacks {', '.join(map(repr, missing))}")
+    if meta["schema"] != SCHEMA:
+        raise store.NotAWorldError(
+            f"{where}: world schema {meta['schema']!r}, this version reads schema {SCHEMA}; generate it again "
+            "(python -m itl_env.world --force ...)"
+        )
+    try:
+        spec = WorldSpec.model_validate(meta["spec"])
+    except ValueError as err:
+        raise store.NotAWorldError(f"{where}: the stored spec is not valid ({_first_error(err)})") from None
+    counts = {split: sum(row["split"] == split for row in rows) for split in SPLITS}
+    expected = {"train": spec.people, "unseen": spec.unseen_people}
+    if counts != expected or len(rows) != sum(expected.values()):
+        raise WorldIntegrityError(
+            f"{where}: the stored spec says {expected['train']} training and {expected['unseen']} unseen people, "
+            f"the table holds {counts['train']} and {counts['unseen']} (of {len(rows)} rows): it was modified"
+        )
+    digest = content_hash(spec, rows)
+    if digest != meta["content_hash"]:
+        raise WorldIntegrityError(
+            f"{where}: the world was modified after it was generated (content hash {digest[:12]}..., stored "
+            f"{str(meta['content_hash'])[:12]}...); generate it again"
+        )
+    return spec, digest
+
+
+def _first_error(err: ValueError) -> str:
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+    return str(err)
+
+
+@cache
+def domain_vocabulary() -> dict[Attribute, frozenset[str]]:
+    """Every value each categorical attribute can take (its whole domain, not only the values of one world):
+    what counts as a candidate value when scoring, so a hedge naming any valid value is caught."""
+    return {attribute: frozenset(atoms(kind)) for attribute, kind in ATTRIBUTE_ATOMS.items()}
+
+
+class WorldOptions(BaseModel):
+    """The ``python -m itl_env.world`` command line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    people: int = Field(WorldSpec().people, ge=1, description="training people, 4 facts each")
+    unseen_people: int = Field(WorldSpec().unseen_people, ge=0, description="people held out of training")
+    alpha: float = Field(1.0, ge=0.0, le=1.0, description="share of facts drawn independently of the last name")
+    seed: int = Field(0, description="random seed")
+    out: str = Field(description="SQLite file path or SQLAlchemy URL to write")
+    force: bool = Field(False, description="replace what is at --out (a file or a world)")
 
 
 def main(argv: list[str] | None = None) -> World:
-    parser = argparse.ArgumentParser(
-        prog="python -m itl_env.world", description="Generate a fact world (SQLite file or SQLAlchemy URL)."
-    )
-    parser.add_argument(
-        "--people", type=int, default=WorldSpec().people, help="training people, 4 facts each (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--unseen-people",
-        type=int,
-        default=WorldSpec().unseen_people,
-        help="people held out of training (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=1.0,
-        help="share of facts drawn independently of the last name; 1 = all independent (default: %(default)s)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--out", required=True, help="SQLite file path or SQLAlchemy URL to write")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from sqlalchemy.exc import SQLAlchemyError
     from tqdm import tqdm
 
+    from configs import resolve, usage_error
+
+    prog = "python -m itl_env.world"
+    (opts,) = resolve(
+        [WorldOptions], argv, prog=prog, description="Generate a fact world (SQLite file or SQLAlchemy URL)."
+    )
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        spec = WorldSpec(seed=args.seed, people=args.people, unseen_people=args.unseen_people, alpha=args.alpha)
+        spec = WorldSpec(seed=opts.seed, people=opts.people, unseen_people=opts.unseen_people, alpha=opts.alpha)
+        rows = generate_people(spec)
     except ValueError as err:
-        parser.error(str(err))
-    with tqdm(total=3, desc="world", unit="step") as bar:
-        bar.set_postfix_str("drawing people")
-        try:
-            rows = generate_people(spec)
-        except ValueError as err:
-            parser.error(str(err))
-        bar.update()
-        bar.set_postfix_str("writing")
-        try:
-            meta = {"spec": spec.model_dump(), "content_hash": content_hash(rows), "schema": 1}
-            store.write_world(args.out, rows, meta)
+        usage_error(prog, str(err))
+    try:
+        with tqdm(total=2, desc="world", unit="step") as bar:
+            bar.set_postfix_str("writing")
+            store.write_world(opts.out, rows, world_meta(spec, rows), force=opts.force)
             bar.update()
-            world = World.open(args.out)
-        except (OSError, SQLAlchemyError) as err:  # an unwritable path, an unknown database URL or driver
-            bar.close()
-            parser.exit(1, f"{parser.prog}: cannot write a world to {args.out}: {err}\n")
-        bar.update()
+            world = World.open(opts.out)
+            bar.update()
+    except (OSError, SQLAlchemyError, store.NotAWorldError) as err:  # an unwritable path, an unknown URL or driver
+        sys.exit(f"{prog}: error: cannot write a world to {opts.out}: {err}")
     logger.info(
         "%d people (%d unseen), %d facts -> %s (sha256 %s)",
         len(rows),
         spec.unseen_people,
         4 * len(rows),
-        args.out,
+        world.target,
         world.content_hash[:16],
     )
     return world

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from evals import recall
 from evals.backends.hf import HFPolicy
@@ -52,7 +53,7 @@ def test_records_and_summary(tiny_model, world_path, tmp_path):
     assert summary.tokens_generated == sum(r.tokens_generated for r in records)
     assert summary.tokens_per_s == pytest.approx(summary.tokens_generated / summary.seconds, rel=0.01)
     assert summary.startup_s > 0
-    saved = json.loads((tmp_path / "config-unseen.json").read_text(encoding="utf-8"))
+    saved = yaml.safe_load((tmp_path / "config-unseen.yaml").read_text(encoding="utf-8"))
     assert saved["limit"] == 6 and saved["backend"] == "hf"
 
 
@@ -82,7 +83,7 @@ def test_batching_does_not_change_records(tiny_model, world_path, tmp_path):
 
 def test_in_weight_mode_offers_no_tools(tiny_model, world_path, tmp_path):
     cfg = config(tiny_model, world_path, tmp_path, limit=2, mode="in_weight")
-    assert recall.build_policy(cfg, []).tools is None
+    assert recall.build_policy(cfg, [], cache_dir=tmp_path).tools is None
     recall.main(cfg)
     assert {r.mode for r in read_records(tmp_path / "records-train.jsonl")} == {"in_weight"}
 
@@ -133,7 +134,7 @@ def test_cli_runs_as_module_and_script(tiny_model, world_path, tmp_path):
     help_text = subprocess.run(
         [sys.executable, "-m", "evals.recall", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
     ).stdout
-    for option in ("--backend", "--resume", "--tensor-parallel-size", "--base-url", "--limit", "--config"):
+    for option in ("--backend", "--resume", "--tensor_parallel_size", "--base_url", "--limit", "--config"):
         assert option in help_text
 
 

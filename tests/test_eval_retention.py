@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from evals import retention
+from evals import divergence, hellaswag, retention
 from evals.default_model import DefaultModelConfig, save
 from evals.models import ModelLoadError
 
@@ -37,7 +37,7 @@ def run(base: str, model: str, **overrides) -> retention.RetentionReport:
 
 
 def test_prompt_set_covers_four_abilities():
-    prompts = retention.load_prompts()
+    prompts = divergence.load_prompts()
     assert len(prompts) >= 100
     assert len({p.id for p in prompts}) == len(prompts)
     counts = Counter(p.category for p in prompts)
@@ -67,17 +67,17 @@ def test_perturbed_copy_diverges(base_and_perturbed, tmp_path):
 
 def test_hellaswag_falls_back_to_the_sample_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    source, items = retention.load_hellaswag("auto")
+    source, items = hellaswag.load_hellaswag("auto")
     assert source == "sample" and len(items) >= 20
     assert all(len(i.endings) == 4 and 0 <= int(i.label) < 4 for i in items)
-    assert retention.load_hellaswag("sample", limit=5)[1] == items[:5]
+    assert hellaswag.load_hellaswag("sample", limit=5)[1] == items[:5]
 
 
 def test_hellaswag_schema_is_enforced(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"ind": 0, "ctx": "x", "endings": ["a", "b"], "label": "0"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="activity_label"):
-        retention.load_hellaswag(str(bad))
+        hellaswag.load_hellaswag(str(bad))
 
 
 def test_hellaswag_scores_match_one_item_at_a_time(base_and_perturbed):
@@ -86,11 +86,11 @@ def test_hellaswag_scores_match_one_item_at_a_time(base_and_perturbed):
 
     base, _ = base_and_perturbed
     model, tokenizer = retention.load_model(base, "float32", "cpu")
-    _, items = retention.load_hellaswag("sample", limit=6)
-    acc, acc_norm = retention.hellaswag_accuracy(model, tokenizer, items, batch_size=7)
+    _, items = hellaswag.load_hellaswag("sample", limit=6)
+    acc, acc_norm = hellaswag.hellaswag_accuracy(model, tokenizer, items, batch_size=7)
     right = 0
     for item in items:
-        context, endings = retention.hellaswag_choices(item)
+        context, endings = hellaswag.hellaswag_choices(item)
         start = len(tokenizer(context)["input_ids"])
         scores = []
         for ending in endings:

@@ -18,6 +18,7 @@ from itl_env.env import ToolUseEnv, fact_registry
 from itl_env.formats import ToolCall, get_format
 from itl_env.oracle import OraclePolicy
 from itl_env.trl_adapter import EpisodeError, adapter_class, answered, environment_factory, grpo_dataset
+from itl_env.world import World
 from tools.registry import ToolRegistry, tool
 from trainers import grpo
 
@@ -221,7 +222,12 @@ def test_grpo_smoke_run_writes_its_run_dir(tmp_path):
         assert key in logged[0]
     assert {"initial/unseen_recall", "final/unseen_recall"} <= set().union(*rows)
     config = (out / "config.yaml").read_text()
-    assert "max_tool_calling_iterations: 2" in config and "world_hash" in config
+    assert "max_tool_calling_iterations: 2" in config
+    started_from = json.loads((out / "run.json").read_text())
+    assert (
+        started_from["model"] == "default"
+        and started_from["world"]["content_hash"] == World.open(tmp_path / "w.db").content_hash
+    )
     assert (out / "summary.json").is_file() and (out / "model" / "config.json").is_file()
     assert sorted((out / "records").glob("*.jsonl"))
 

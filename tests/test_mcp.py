@@ -1,4 +1,4 @@
-"""``python -m tools.mcp``: a real MCP client session over stdio and streamable HTTP.
+"""``python -m itl_env.serve_mcp`` (``tools.mcp``): a real MCP client session over stdio and streamable HTTP.
 
 Each transport test starts the real server process on a tmp world; the HTTP one binds
 127.0.0.1 on a free port and is always terminated. Invalid calls must come back as MCP tool
@@ -7,12 +7,14 @@ errors (``isError``) with the registry's own message, and the server must keep s
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +57,9 @@ def wait_until_listening(process: subprocess.Popen[bytes], port: int, log: Path)
 
 
 @asynccontextmanager
-async def mcp_session(
-    transport: str, world: World, tmp_path: Path, as_script: bool = False
-) -> AsyncIterator[ClientSession]:
-    """An initialised client session with ``python -m tools.mcp --world <world>`` over ``transport``."""
-    entry = ["tools/mcp.py"] if as_script else ["-m", "tools.mcp"]
-    command = [sys.executable, *entry, "--world", world.url]
+async def mcp_session(transport: str, world: World, tmp_path: Path) -> AsyncIterator[ClientSession]:
+    """An initialised client session with ``python -m itl_env.serve_mcp --world <world>`` over ``transport``."""
+    command = [sys.executable, "-m", "itl_env.serve_mcp", "--world", world.url]
     if transport == "stdio":
         params = StdioServerParameters(command=command[0], args=command[1:], cwd=REPO)
         with (tmp_path / "server.log").open("w") as log:
@@ -93,6 +92,22 @@ async def mcp_session(
             process.wait(timeout=10)
 
 
+@contextmanager
+def _timeout(seconds: int) -> Any:
+    """Fail (instead of hanging the suite) if the block takes longer than ``seconds``: the server may not answer."""
+
+    def expire(_signum: int, _frame: Any) -> None:
+        raise TimeoutError(f"no answer within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run(scenario: Any) -> Any:
     async def bounded() -> Any:
         with anyio.fail_after(60):  # a hung server fails the test instead of hanging the suite
@@ -117,16 +132,6 @@ def test_lists_lookup_with_the_registry_schema(transport: str, shared_world: Wor
     assert [t.name for t in tools] == ["lookup"]
     assert tools[0].input_schema == expected["parameters"]
     assert tools[0].description == expected["description"]
-
-
-def test_runs_as_a_script_despite_its_name(shared_world: World, tmp_path: Path) -> None:
-    """``python tools/mcp.py`` puts tools/ on sys.path, where tools/mcp.py could shadow the ``mcp`` package."""
-
-    async def scenario() -> list[str]:
-        async with mcp_session("stdio", shared_world, tmp_path, as_script=True) as session:
-            return [t.name for t in (await session.list_tools()).tools]
-
-    assert run(scenario) == ["lookup"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -204,7 +209,7 @@ def test_a_newly_registered_tool_is_served_without_code_changes(shared_world: Wo
 def test_cli_rejects_a_missing_world(tmp_path: Path) -> None:
     missing = tmp_path / "absent.db"
     done = subprocess.run(
-        [sys.executable, "-m", "tools.mcp", "--world", str(missing)],
+        [sys.executable, "-m", "itl_env.serve_mcp", "--world", str(missing)],
         cwd=REPO,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -215,3 +220,56 @@ def test_cli_rejects_a_missing_world(tmp_path: Path) -> None:
     assert "cannot open world" in done.stderr and str(missing) in done.stderr
     assert done.stdout == ""  # stdout is the stdio wire: nothing else may be written there
     assert not missing.exists()  # opening read-only must not create an empty database
+
+
+def test_a_lone_surrogate_escape_in_a_call_still_gets_an_answer(shared_world: World) -> None:
+    """Raw JSON-RPC over stdio: a ``\\ud800`` escape decodes to a lone surrogate, which the reply must not choke on."""
+    fact = shared_world.facts("train")[0]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "itl_env.serve_mcp", "--world", shared_world.url],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def send(message: str) -> None:
+        server.stdin.write(message.encode() + b"\n")
+        server.stdin.flush()
+
+    replies: list[dict[str, Any]] = []
+
+    def answer(request_id: int | None) -> dict[str, Any]:
+        while True:
+            for reply in replies:
+                if reply.get("id") == request_id:
+                    replies.remove(reply)
+                    return reply
+            replies.append(json.loads(server.stdout.readline()))
+
+    init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+    try:
+        with _timeout(60):
+            send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}))
+            assert "result" in answer(1)
+            send('{"jsonrpc": "2.0", "method": "notifications/initialized"}')
+            send('{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "\\ud800", "arguments": {}}}')
+            send(
+                '{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "lookup", '
+                '"arguments": {"name": "Ana \\udfff", "attribute": "occupation"}}}'
+            )
+            send('{"jsonrpc": "2.0", "id": 5, "method": 7}')  # not a JSON-RPC request
+            send("{not json")  # not JSON: answered with id null
+            call = {"name": "lookup", "arguments": {"name": fact.person, "attribute": fact.attribute.value}}
+            send(json.dumps({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": call}))
+            unknown, nobody, invalid, unparsable, ok = answer(2), answer(3), answer(5), answer(None), answer(4)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    assert unknown["result"]["isError"] is True
+    assert unknown["result"]["content"][0]["text"] == "unknown tool '\ufffd'; valid tools: lookup"
+    assert nobody["result"]["isError"] is True
+    assert "no person named 'Ana \ufffd'" in nobody["result"]["content"][0]["text"]
+    assert invalid["error"]["code"] == -32600 and invalid["error"]["message"].startswith("invalid request")
+    assert unparsable["error"] == {"code": -32700, "message": "parse error: JSONDecodeError"}
+    assert ok["result"]["isError"] is False and ok["result"]["content"][0]["text"] == fact.value

@@ -11,7 +11,7 @@ from itl_env import dialogs
 from itl_env.env import ToolUseEnv
 from itl_env.oracle import OraclePolicy
 from itl_env.world import WorldSpec, build_world
-from trainers.nanollama.data import PackedStream, encode_dialogs, oracle_conversations, pack_rows
+from trainers.nanollama.data import PackedStream, encode_dialogs, every_phrasing, pack_rows
 from trainers.nanollama.tokenizer import ByteTokenizer
 
 
@@ -40,7 +40,7 @@ def test_decode_replaces_invalid_utf8_instead_of_failing():
 @pytest.mark.parametrize("mode", ["in_tool", "in_weight"])
 def test_loss_mask_covers_exactly_the_assistant_messages(tiny_world, fmt, mode):
     tok = ByteTokenizer(fmt)
-    conversation = oracle_conversations(tiny_world, mode, fmt)[0]
+    conversation = every_phrasing(tiny_world, mode, fmt)[0]
     [dialog] = encode_dialogs([conversation], tok)
     scored = dialog.targets[dialog.scored].tolist()
     expected: list[int] = []
@@ -72,7 +72,7 @@ def test_rendering_round_trips_what_the_model_writes(tiny_world, fmt):
 
 
 def test_oracle_dialogs_ask_every_fact_in_every_phrasing(tiny_world):
-    conversations = oracle_conversations(tiny_world, "in_weight", "find")
+    conversations = every_phrasing(tiny_world, "in_weight", "find")
     facts = tiny_world.facts("train")
     variants = len(dialogs.QUESTIONS[facts[0].attribute])
     assert len(conversations) == len(facts) * variants
@@ -84,7 +84,7 @@ def test_oracle_dialogs_ask_every_fact_in_every_phrasing(tiny_world):
 
 
 def _dialogs(tiny_world):
-    return encode_dialogs(oracle_conversations(tiny_world, "in_tool", "find"), ByteTokenizer("find"))
+    return encode_dialogs(every_phrasing(tiny_world, "in_tool", "find"), ByteTokenizer("find"))
 
 
 def test_packing_puts_every_dialog_once_per_epoch_and_within_rows(tiny_world):

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
+from trainers.nanollama.run import PretrainConfig, RunSummary, pretrain_stacked
 from trainers.nanollama.train import TrainConfig
-from trainers.pretrain import PretrainConfig, RunSummary, main, main_stacked, parse
+from trainers.pretrain import main, parse
 
 
 def _config(tmp_path, mode: str, steps: int = 300) -> PretrainConfig:
@@ -44,7 +45,7 @@ def test_tiny_in_tool_run_learns_to_call_the_tool_and_writes_its_run_dir(in_tool
     cfg, summary = in_tool_run
     run_dir = cfg.run_dir()
     assert summary.reached_target and summary.train_recall >= 0.99 and summary.stopped_early
-    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "records_train.jsonl"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "records_train.jsonl"):
         assert (run_dir / name).exists(), name
     losses = [
         json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
@@ -87,19 +88,19 @@ def test_seeds_stacked_in_one_process_end_as_their_single_runs(in_tool_run, tmp_
         return single.model_copy(update={"train": single.train.model_copy(update={"seed": seed}), "out": out})
 
     cfgs = [seeded(s, str(tmp_path / f"stack-s{s}")) for s in (0, 1)]
-    stacked = main_stacked(cfgs)
+    stacked = pretrain_stacked(cfgs)
     alone = [summary, main(seeded(1, str(tmp_path / "alone-s1")))]
     for got, want in zip(stacked, alone, strict=True):
         assert (got.seed, got.steps, got.reached_target) == (want.seed, want.steps, want.reached_target)
         assert (got.train_recall, got.unseen_recall) == (want.train_recall, want.unseen_recall)
         assert got.final_loss == pytest.approx(want.final_loss, rel=1e-2)  # bmm vs mm: float drift over the steps
-    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "records_unseen.jsonl"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "records_unseen.jsonl"):
         assert (tmp_path / "stack-s1" / name).exists(), name
     records = (tmp_path / "stack-s0" / "records_train.jsonl").read_text()
     assert records == (single.run_dir() / "records_train.jsonl").read_text()
-    assert main_stacked(cfgs) == stacked  # finished runs come back without training
+    assert pretrain_stacked(cfgs) == stacked  # finished runs come back without training
     with pytest.raises(ValueError, match="differ only in their seed"):
-        main_stacked([cfgs[0], cfgs[1].model_copy(update={"emb_dim": 8})])
+        pretrain_stacked([cfgs[0], cfgs[1].model_copy(update={"emb_dim": 8})])
 
 
 def test_cli_flags_override_the_yaml_config_and_unknown_keys_fail(tmp_path):

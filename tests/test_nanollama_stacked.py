@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from itl_env.world import WorldSpec, build_world
-from trainers.nanollama.data import PackedStream, encode_dialogs, oracle_conversations
+from trainers.nanollama.data import PackedStream, encode_dialogs, every_phrasing
 from trainers.nanollama.model import Llama, LlamaConfig
 from trainers.nanollama.stacked import StackedLlama, StackedTrainer
 from trainers.nanollama.tokenizer import ByteTokenizer
@@ -27,7 +27,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def dialogs(tmp_path_factory):
     world = build_world(WorldSpec(seed=3, people=2, unseen_people=1), tmp_path_factory.mktemp("w") / "world.db")
-    encoded = encode_dialogs(oracle_conversations(world, "in_tool", "find"), ByteTokenizer("find"))
+    encoded = encode_dialogs(every_phrasing(world, "in_tool", "find"), ByteTokenizer("find"))
     world.close()
     return encoded
 

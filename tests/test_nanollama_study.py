@@ -7,11 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from evals.study import SizeSearch, Study, StudyConfig, main, parse
-from evals.study_launch import Launcher
+from evals.study import parse
 from evals.study_report import markdown_table, published_thresholds
+from trainers.launch import Launcher
+from trainers.memory_study import SizeSearch, Study, StudyConfig
+from trainers.memory_study import run_study as main
+from trainers.nanollama.run import finished_summary
 from trainers.nanollama.train import TrainConfig
-from trainers.pretrain import finished_summary
 
 
 def _search(grid, start, threshold, floor=0):
@@ -125,7 +127,7 @@ def test_study_through_submitit_runs_the_same_trials(tmp_path, torch_threads, st
 
 
 def test_thresholds_use_the_smallest_passing_width_and_bits_per_parameter(tmp_path):
-    from trainers.pretrain import RunSummary
+    from trainers.nanollama.run import RunSummary
 
     cfg = _tiny(tmp_path, people=[4], modes=["in_weight"], emb_dims=[8, 12, 16])
     study = Study(cfg, Launcher(cfg))

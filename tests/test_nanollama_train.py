@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from itl_env.world import WorldSpec, build_world
-from trainers.nanollama.data import PackedStream, encode_dialogs, oracle_conversations
+from trainers.nanollama.data import PackedStream, encode_dialogs, every_phrasing
 from trainers.nanollama.model import Llama, LlamaConfig
 from trainers.nanollama.tokenizer import ByteTokenizer
 from trainers.nanollama.train import DistInfo, TrainConfig, Trainer, lr_at
@@ -27,7 +27,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def dialogs(tmp_path_factory):
     world = build_world(WorldSpec(seed=2, people=2, unseen_people=1), tmp_path_factory.mktemp("w") / "world.db")
-    yield encode_dialogs(oracle_conversations(world, "in_weight", "find"), ByteTokenizer("find"))
+    yield encode_dialogs(every_phrasing(world, "in_weight", "find"), ByteTokenizer("find"))
     world.close()
 
 

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from itl_env.scoring import AnswerScorer, normalise
-from tools.facts import Attribute
+from itl_env.store import Attribute
+from itl_env.world import domain_vocabulary
 
 VOCABULARY = {
     Attribute.birth_place: ["Japan", "France", "Niger", "Nigeria", "South Korea", "Korea"],
@@ -95,7 +96,7 @@ def test_normalise():
 
 
 def test_world_vocabulary_scores_every_fact(shared_world):
-    scorer = AnswerScorer(shared_world.vocabulary)
+    scorer = AnswerScorer(domain_vocabulary())
     for fact in shared_world.facts("train") + shared_world.facts("unseen"):
         assert scorer.is_correct(f"The answer is {fact.value}.", fact.attribute, fact.value), fact
 

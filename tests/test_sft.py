@@ -12,7 +12,8 @@ pytest.importorskip("trl")
 from evals.default_model import byte_tokenizer
 from itl_env import chat_template
 from itl_env.trajectories import sft_dataset
-from trainers import sft
+from trainers import fine_tune, sft
+from trainers.run_dir import RunDirError
 
 TINY = ["--hidden_size", "32", "--layers", "1", "--people", "12", "--unseen_people", "4", "--phrasings", "1",
         "--per_device_train_batch_size", "8", "--eval_every", "0", "--final_eval_facts", "6", "--max_new_tokens", "24",
@@ -140,7 +141,7 @@ def test_existing_run_dir_is_never_overwritten(tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(sft.run_dir.RunDirError, match="not empty"):
+    with pytest.raises(RunDirError, match="not empty"):
         run(tmp_path, "--max_steps", "1", out="taken")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
@@ -229,12 +230,12 @@ def test_smollm2_loads_offline_with_the_tool_template():
 
 def test_dataset_is_cut_to_the_dialogs_max_steps_consumes(shared_world):
     script, training = sft.parse([*TINY, "--max_steps", "2", "--gradient_accumulation_steps", "3"])
-    rows = sft._rows_consumed(training)
+    rows = fine_tune.rows_consumed(training)
     assert rows == 2 * 8 * 3
-    assert len(sft._dataset(shared_world, script, rows)) == rows
+    assert len(fine_tune.sft_dataset(shared_world, script, rows)) == rows
     script, training = sft.parse([*TINY, "--max_steps", "-1", "--num_train_epochs", "1"])
-    assert sft._rows_consumed(training) is None
-    assert len(sft._dataset(shared_world, script, None)) == len(shared_world.facts("train"))
+    assert fine_tune.rows_consumed(training) is None
+    assert len(fine_tune.sft_dataset(shared_world, script, None)) == len(shared_world.facts("train"))
 
 
 def test_world_defaults_to_one_file_per_spec():

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from itl_env import store
+from itl_env.store import Attribute
 from itl_env.world import (
     ATTRIBUTE_ATOMS,
     World,
@@ -25,7 +26,6 @@ from itl_env.world import (
     generate_people,
 )
 from itl_env.world import content_hash as rows_hash
-from tools.facts import Attribute
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,14 +76,14 @@ def test_same_spec_gives_same_content_hash(tmp_path):
 
 
 def test_different_seed_gives_different_world():
-    a = generate_people(WorldSpec(seed=0, people=50, unseen_people=10))
-    b = generate_people(WorldSpec(seed=1, people=50, unseen_people=10))
-    assert rows_hash(a) != rows_hash(b)
+    spec_a, spec_b = WorldSpec(seed=0, people=50, unseen_people=10), WorldSpec(seed=1, people=50, unseen_people=10)
+    a, b = generate_people(spec_a), generate_people(spec_b)
+    assert rows_hash(spec_a, a) != rows_hash(spec_b, b)
     assert [r["name"] for r in a] != [r["name"] for r in b]
 
 
 def test_stored_hash_matches_content(world):
-    assert world.content_hash == rows_hash(world.rows)
+    assert world.content_hash == rows_hash(world.spec, world.rows)
 
 
 def test_four_facts_per_person(world, world_spec):
@@ -222,14 +222,18 @@ def test_interrupted_write_keeps_the_existing_world(world, tmp_path, file_sha256
     before = file_sha256(target)
     rows = generate_people(WorldSpec(seed=9, people=30_000, unseen_people=0))
     with pytest.raises(Interrupted):
-        store.write_world(target, rows_then_interrupt(rows, 25_000), {"spec": {}})
+        store.write_world(target, rows_then_interrupt(rows, 25_000), {"spec": {}}, force=True)
     assert file_sha256(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["world.db"]
     assert World.open(target).content_hash == world.content_hash
 
 
-def test_rebuild_replaces_a_world(world, tmp_path):
-    rebuilt = build_world(WorldSpec(seed=3, people=10, unseen_people=2), tmp_path / "world.db")
+def test_rebuild_replaces_a_world_only_with_force(world, tmp_path, file_sha256):
+    before = file_sha256(tmp_path / "world.db")
+    with pytest.raises(store.WorldExistsError, match="already exists; pass --force"):
+        build_world(WorldSpec(seed=3, people=10, unseen_people=2), tmp_path / "world.db")
+    assert file_sha256(tmp_path / "world.db") == before
+    rebuilt = build_world(WorldSpec(seed=3, people=10, unseen_people=2), tmp_path / "world.db", force=True)
     assert rebuilt.spec.seed == 3 and len(rebuilt.rows) == 12
     assert World.open(tmp_path / "world.db").content_hash == rebuilt.content_hash
 
@@ -324,7 +328,7 @@ def test_cli_writes_a_world(tmp_path):
     assert done.returncode == 0, done.stderr
     written = World.open(out)
     assert written.spec == WorldSpec(seed=2, people=1000, unseen_people=50)
-    assert written.content_hash == rows_hash(generate_people(written.spec))
+    assert written.content_hash == rows_hash(written.spec, generate_people(written.spec))
     assert "1050 people (50 unseen), 4200 facts" in done.stderr
 
 

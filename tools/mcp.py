@@ -1,9 +1,5 @@
 """Serve a ``ToolRegistry`` over the Model Context Protocol (stdio or streamable HTTP).
 
-Usage:
-    python -m tools.mcp --world data/world.db                                  # stdio (an MCP client spawns it)
-    python -m tools.mcp --world data/world.db --transport http --port 8765     # http://127.0.0.1:8765/mcp
-
 Every tool in the registry is served as it is: its MCP ``inputSchema`` is the registry's JSON
 schema (``function.parameters``), and a call goes through ``ToolRegistry.call``, so arguments
 are validated and errors worded exactly as inside ``ToolUseEnv``. An ``ok=False`` result is an
@@ -16,20 +12,19 @@ schema, the validation and the wording; the low-level server's ``on_list_tools``
 ``on_call_tool`` handlers take them as they are, so a newly registered tool is served with no
 code change here.
 
-``tools/`` sits below ``itl_env/``: ``build_server`` takes any registry; only the CLI's
-``main`` imports ``itl_env`` (lazily) to open a world and build its fact registry. The ``mcp``
-package is an optional dependency and is imported only when a server is built or run.
+This module is generic: it serves any registry. ``python -m itl_env.serve_mcp`` is the command
+that opens a world and serves its tools. Names and arguments are made valid Unicode before the
+call (a JSON ``"\\ud800"`` escape is a lone surrogate the SDK cannot write back), so every request
+gets an answer. The ``mcp`` package is an optional dependency, imported only when a server is built or run.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tools.registry import ToolRegistry, ToolResult
+from tools.text import valid_text, valid_value
 
 if TYPE_CHECKING:
     from mcp.server import Server
@@ -60,7 +55,7 @@ def call_result(result: ToolResult) -> Any:
     import mcp.types as mcp_types
 
     return mcp_types.CallToolResult(
-        content=[mcp_types.TextContent(type="text", text=result.content)], is_error=not result.ok
+        content=[mcp_types.TextContent(type="text", text=valid_text(result.content))], is_error=not result.ok
     )
 
 
@@ -75,12 +70,81 @@ def build_server(registry: ToolRegistry, name: str = SERVER_NAME) -> Server:
 
     async def call_tool(ctx: Any, params: mcp_types.CallToolRequestParams) -> mcp_types.CallToolResult:
         # Tools are plain sync functions (a DB lookup); a worker thread keeps a slow one off the event loop.
-        result = await anyio.to_thread.run_sync(registry.call, params.name, params.arguments or {})
+        name, arguments = valid_text(params.name), valid_value(params.arguments or {})
+        result = await anyio.to_thread.run_sync(registry.call, name, arguments)
         if not result.ok:
             logger.info("tool %r error: %s", params.name, result.content)
         return call_result(result)
 
     return Server(name, on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+class ReadableLines:
+    """stdin lines for the SDK's stdio reader, each one it can read, so every request gets an answer.
+
+    The SDK drops a line it cannot validate without replying (the client then waits forever): a JSON
+    ``"\\ud800"`` escape (a lone surrogate) is one. Lines are passed on with such strings made valid
+    Unicode; a line that is still not a JSON-RPC message is answered here with JSON-RPC's own error
+    (parse error, or invalid request with the request's id), through the server's write stream.
+    """
+
+    def __init__(self) -> None:
+        import sys
+        from io import TextIOWrapper
+
+        import anyio
+
+        self._stdin = anyio.wrap_file(TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace"))
+        self.replies: Any = None
+
+    def __aiter__(self) -> Any:
+        return self._lines()
+
+    async def _lines(self) -> Any:
+        async for line in self._stdin:
+            fixed, error = readable_line(line)
+            if fixed is not None:
+                yield fixed
+            elif error is not None and self.replies is not None:
+                from mcp.shared.message import SessionMessage
+
+                await self.replies.send(SessionMessage(error))
+
+
+def readable_line(line: str) -> tuple[str | None, Any]:
+    """(a line the SDK reads, None) or (None, the JSON-RPC error that answers it; None for a bad notification)."""
+    import json
+
+    import mcp_types as mcp_types
+    from pydantic import ValidationError
+
+    try:
+        mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+        return line, None
+    except ValidationError:
+        pass
+    try:
+        data = valid_value(json.loads(line))
+    except (ValueError, RecursionError) as err:
+        return None, _error(None, mcp_types.PARSE_ERROR, f"parse error: {type(err).__name__}")
+    fixed = json.dumps(data, ensure_ascii=False)
+    try:
+        mcp_types.jsonrpc_message_adapter.validate_json(fixed, by_name=False)
+        return fixed, None
+    except ValidationError as err:
+        request_id = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(request_id, int | str) or isinstance(request_id, bool):
+            request_id = None
+        if request_id is None and isinstance(data, dict) and "method" in data:
+            return None, None  # a notification: JSON-RPC answers none
+        problem = err.errors(include_url=False)[0]["msg"]
+        return None, _error(request_id, mcp_types.INVALID_REQUEST, f"invalid request: {problem}")
+
+
+def _error(request_id: Any, code: int, message: str) -> Any:
+    import mcp_types as mcp_types
+
+    return mcp_types.JSONRPCError(jsonrpc="2.0", id=request_id, error=mcp_types.ErrorData(code=code, message=message))
 
 
 def serve(server: Server, transport: Transport = "stdio", host: str = "127.0.0.1", port: int = 8765) -> None:
@@ -91,7 +155,9 @@ def serve(server: Server, transport: Transport = "stdio", host: str = "127.0.0.1
         from mcp.server.stdio import stdio_server
 
         async def run_stdio() -> None:
-            async with stdio_server() as (read_stream, write_stream):
+            lines = ReadableLines()
+            async with stdio_server(stdin=lines) as (read_stream, write_stream):
+                lines.replies = write_stream  # set before the reader's first line: it runs at the next await
                 await server.run(read_stream, write_stream, server.create_initialization_options())
 
         anyio.run(run_stdio)
@@ -103,51 +169,3 @@ def serve(server: Server, transport: Transport = "stdio", host: str = "127.0.0.1
         uvicorn.run(app, host=host, port=port, log_level="warning")
     else:
         raise ValueError(f"unknown transport {transport!r}; valid: stdio, http")
-
-
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.mcp",
-        description="Serve the fact-lookup tools of a world over the Model Context Protocol.",
-    )
-    parser.add_argument("--world", required=True, help="the world to serve: SQLite file path or SQLAlchemy URL")
-    parser.add_argument(
-        "--transport",
-        choices=("stdio", "http"),
-        default="stdio",
-        help="stdio: speak MCP on stdin/stdout (for a client that spawns this process); "
-        f"http: streamable HTTP at http://HOST:PORT{HTTP_PATH} (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind for --transport http (default: %(default)s)"
-    )
-    parser.add_argument("--port", type=int, default=8765, help="port for --transport http (default: %(default)s)")
-    args = parser.parse_args(argv)
-    if not 0 < args.port < 65536:
-        parser.error(f"--port must be in 1..65535, got {args.port}")
-    return args
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)  # stdout is the stdio wire
-    from itl_env.env import fact_registry  # the one upward import: the CLI opens a world, the library does not
-    from itl_env.world import World
-
-    try:
-        world = World.open(args.world)
-    except Exception as err:  # noqa: BLE001 - any failure to open is one clear message and exit status 1
-        sys.exit(f"python -m tools.mcp: cannot open world {args.world!r}: {type(err).__name__}: {err}")
-    try:
-        registry = fact_registry(world)
-        logger.info("%r: serving tools %s over %s", world, ", ".join(registry.names), args.transport)
-        serve(build_server(registry), args.transport, args.host, args.port)
-    finally:
-        world.close()
-
-
-if __name__ == "__main__":
-    # `python tools/mcp.py` puts tools/ first on sys.path, where this file would shadow the `mcp` package.
-    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-        sys.path.pop(0)
-    main()

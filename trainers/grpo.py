@@ -5,14 +5,15 @@
     python trainers/grpo.py --config configs/grpo_cpu.yaml --model runs/sft-in_tool-.../checkpoint-500   # README demo
     python trainers/grpo.py --model path/to/hf_model --use_vllm true --vllm_mode colocate   # GPU, vLLM rollouts
     python trainers/grpo.py --output_dir runs/my-grpo --resume true                         # continue a run
+    itl-grpo --model runs/sft-in_tool-.../model                                             # installed command
 
 Each prompt is one fact of a training person; ``num_generations`` rollouts of it see the same
 question. A rollout is a real episode: the model's tool calls run through the environment's
 registry (``itl_env.trl_adapter``), at most ``max_turns - 1`` tool rounds, and its final message
 is scored by the environment (1.0 right, 0.0 otherwise). Recall is measured like trainers/sft.py
-measures it, by playing the environment greedily on fixed samples of training and unseen facts:
-before training, every ``eval_every`` steps and at the end. Use the world the model was trained
-on (the same ``--world``/``--people``/``--unseen_people``/``--world_seed`` as its SFT run).
+measures it (``evals.evaluator.RecallEvaluator``), by playing the environment greedily on fixed
+samples of training and unseen facts: before training, every ``eval_every`` steps and at the end.
+A model of an SFT run must be trained further on that run's world (its ``run.json`` says which).
 """
 
 from __future__ import annotations
@@ -22,44 +23,38 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python trainers/grpo.py` puts trainers/ first on sys.path; the project root is needed
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-import yaml
+from pydantic import Field
 
 from trainers import run_dir
 from trainers.options import RunOptions, RunResult, parse_args
 
 logger = logging.getLogger("trainers.grpo")
 
+PROG = "trainers/grpo.py"
 
-@dataclass
+
 class GRPOScriptConfig(RunOptions):
     """What to train, on which facts, and how to evaluate it (TRL's GRPOConfig holds the optimisation settings).
 
-    The world options must be those of the model's SFT run: its unseen people must stay unseen.
+    The world must be the model's SFT run's: its unseen people must stay unseen.
     """
 
-    train_facts: int = field(
-        default=0, metadata={"help": "facts of training people used as GRPO prompts (a fixed random sample; 0: all)"}
+    train_facts: int = Field(
+        0, ge=0, description="facts of training people used as GRPO prompts (a fixed random sample; 0: all)"
     )
-    max_turns: int = field(
-        default=3,
-        metadata={
-            "help": "assistant turns per episode, in training and evaluation (max_tool_calling_iterations = max_turns - 1)"
-        },
+    max_turns: int = Field(
+        3,
+        ge=2,
+        description="assistant turns per episode, in training and evaluation (max_tool_calling_iterations = "
+        "max_turns - 1)",
     )
-    initial_eval: bool = field(
-        default=True,
-        metadata={"help": "evaluate before training, on the final evaluation's facts (recall before/after)"},
+    initial_eval: bool = Field(
+        True, description="evaluate before training, on the final evaluation's facts (recall before/after)"
     )
-    eval_every: int = field(default=50, metadata={"help": "evaluate recall every N steps (0: only before and after)"})
-
-    non_negative = (*RunOptions.non_negative, "train_facts")
+    eval_every: int = Field(50, ge=0, description="evaluate recall every N steps (0: only before and after)")
 
 
 class GRPOResult(RunResult):
@@ -101,25 +96,23 @@ def training_defaults() -> dict[str, Any]:
         "seed": 0,
         "dataloader_num_workers": 0,
         "bf16": False,
-        "gradient_checkpointing": False,  # TRL turns it on; a small model on a CPU needs compute more than memory
+        "activation_checkpointing": False,  # TRL turns it on; a small model on a CPU needs compute more than memory
     }
 
 
 def parse(argv: list[str] | None = None) -> tuple[GRPOScriptConfig, Any]:
     from trl import GRPOConfig
 
-    return parse_args(
-        GRPOScriptConfig, GRPOConfig, prog="trainers/grpo.py", doc=__doc__, defaults=training_defaults(), argv=argv
-    )
+    return parse_args(GRPOScriptConfig, GRPOConfig, prog=PROG, doc=__doc__, defaults=training_defaults(), argv=argv)
 
 
 def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
     import torch
-    from transformers import TrainerCallback
     from trl import GRPOTrainer
 
+    from evals.evaluator import RecallEvaluator
     from itl_env.trl_adapter import answered, environment_factory, grpo_dataset
-    from trainers.sft import RecallEvaluator, _lora, _Stop, train_and_finish
+    from trainers.hf_training import GracefulStop, ModelRecall, lora_config, progress_callback, train_and_finish
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental in TRL 1.16
@@ -136,75 +129,74 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
         training.use_cpu = True
     random.seed(training.seed)
 
+    cfg = _on_the_models_world(cfg)
     world = cfg.open_world()
-    _check_same_world(cfg.model, world.content_hash)
-    model, tokenizer = cfg.load_model(seed=training.seed)
-    run_dir.prepare(out, resume=cfg.resume)  # only once the world and the model loaded
-    run_dir.write_config(
-        out, script=cfg, training=training, world=cfg.world_spec().model_dump(), world_hash=world.content_hash
-    )
-    metrics = run_dir.MetricsLog(out)
-    facts = world.facts("train")
-    if cfg.train_facts and cfg.train_facts < len(facts):
-        facts = random.Random(training.seed).sample(facts, cfg.train_facts)
-    dataset = grpo_dataset(facts, seed=training.seed)
-    evaluator = RecallEvaluator(world, cfg, tokenizer, out)
-    initial: dict[str, float] | None = None
-    if cfg.initial_eval and not cfg.resume:
-        initial = evaluator.run(model, sample=cfg.final_eval_facts, tag="initial")
-        metrics.write(step=0, **{f"initial/{k}": v for k, v in initial.items()})
-    stop = _Stop()
-    stop.install()
-    last_reward: list[float] = []
+    try:
+        _check_same_world(cfg.model, world.content_hash)
+        model, tokenizer = cfg.load_model(seed=training.seed)
+        run_dir.prepare(out, resume=cfg.resume)  # only once the world and the model loaded
+        run_dir.write_config(out, cfg, training)
+        run_dir.write_provenance(out, kind="grpo", model=cfg.model, world=world)
+        metrics = run_dir.MetricsLog(out)
+        facts = world.facts("train")
+        if cfg.train_facts and cfg.train_facts < len(facts):
+            facts = random.Random(training.seed).sample(facts, cfg.train_facts)
+        dataset = grpo_dataset(facts, seed=training.seed)
+        evaluator = RecallEvaluator(world, mode=cfg.mode, max_turns=cfg.max_turns, batch_size=cfg.eval_batch_size)
+        recall = ModelRecall(evaluator, tokenizer, cfg, out)
+        initial: dict[str, float] | None = None
+        if cfg.initial_eval and not cfg.resume:
+            initial = recall(model, sample=cfg.final_eval_facts, tag="initial")
+            metrics.write(step=0, **{f"initial/{k}": v for k, v in initial.items()})
+        stop = GracefulStop()
+        last_reward: list[float] = []
 
-    class Progress(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-            if state.is_world_process_zero and logs:
-                metrics.write(step=state.global_step, **logs)
-                if "reward" in logs:
-                    last_reward[:] = [logs["reward"]]
+        def keep_reward(logs: dict[str, Any]) -> None:
+            if "reward" in logs:
+                last_reward[:] = [logs["reward"]]
 
-        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            if stop.requested:
-                control.should_save = True
-                control.should_training_stop = True
-                return
-            if cfg.eval_every and state.global_step % cfg.eval_every == 0 and state.is_world_process_zero:
-                summary = evaluator.run(model, sample=cfg.eval_sample, tag=f"step{state.global_step}")
-                metrics.write(step=state.global_step, **{f"eval/{k}": v for k, v in summary.items()})
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[answered],  # weight 0: hands the final answers over; the reward is the environment's
+            args=training,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg),
+            callbacks=[progress_callback(cfg, stop, recall, metrics, on_log=keep_reward)],
+            environment_factory=environment_factory(world, offer_tools=cfg.mode == "in_tool", max_turns=cfg.max_turns),
+        )
+        trained, trainable, final, interrupted = train_and_finish(trainer, cfg, stop, recall, metrics, tokenizer, out)
+        result = GRPOResult(
+            run_dir=str(out),
+            mode=cfg.mode,
+            model=cfg.model,
+            parameters=sum(p.numel() for p in trained.parameters()),
+            trainable_parameters=trainable,
+            steps=trainer.state.global_step,
+            wall_seconds=round(time.perf_counter() - started, 1),
+            initial_train_recall=initial["train_recall"] if initial else None,
+            initial_unseen_recall=initial["unseen_recall"] if initial else None,
+            train_recall=final["train_recall"],
+            unseen_recall=final["unseen_recall"],
+            tool_call_rate=final["tool_call_rate"],
+            parse_error_rate=final["parse_error_rate"],
+            last_reward_mean=last_reward[0] if last_reward else None,
+            interrupted=interrupted,
+        )
+        if trainer.is_world_process_zero():
+            (out / "summary.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return result
+    finally:
+        world.close()
 
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=[answered],  # weight 0: hands the final answers over; the reward is the environment's
-        args=training,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=_lora(cfg),
-        callbacks=[Progress()],
-        environment_factory=environment_factory(world, offer_tools=cfg.mode == "in_tool", max_turns=cfg.max_turns),
-    )
-    trained, trainable, final, interrupted = train_and_finish(trainer, cfg, stop, evaluator, metrics, tokenizer, out)
-    result = GRPOResult(
-        run_dir=str(out),
-        mode=cfg.mode,
-        model=cfg.model,
-        parameters=sum(p.numel() for p in trained.parameters()),
-        trainable_parameters=trainable,
-        steps=trainer.state.global_step,
-        wall_seconds=round(time.perf_counter() - started, 1),
-        initial_train_recall=initial["train_recall"] if initial else None,
-        initial_unseen_recall=initial["unseen_recall"] if initial else None,
-        train_recall=final["train_recall"],
-        unseen_recall=final["unseen_recall"],
-        tool_call_rate=final["tool_call_rate"],
-        parse_error_rate=final["parse_error_rate"],
-        last_reward_mean=last_reward[0] if last_reward else None,
-        interrupted=interrupted,
-    )
-    if trainer.is_world_process_zero():
-        (out / "summary.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    world.close()
-    return result
+
+def _on_the_models_world(cfg: GRPOScriptConfig) -> GRPOScriptConfig:
+    """Without --world, a model of an earlier run continues on that run's world (its run.json names it)."""
+    info = run_dir.provenance(cfg.model) if cfg.world is None and Path(cfg.model).is_dir() else None
+    if info is None:
+        return cfg
+    logger.info("training on the world of %s's run: %s", cfg.model, info["world"]["target"])
+    return cfg.model_copy(update={"world": info["world"]["target"]})
 
 
 def _bound_tool_rounds(cfg: GRPOScriptConfig, training: Any) -> None:
@@ -227,23 +219,25 @@ def _bound_tool_rounds(cfg: GRPOScriptConfig, training: Any) -> None:
 
 def _check_same_world(model: str, world_hash: str) -> None:
     """A model saved by trainers/sft.py or this script must be trained further on the world it was trained on."""
-    config = Path(model).parent / "config.yaml"
-    if not (Path(model).is_dir() and config.is_file()):
-        return
-    trained_on = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("world_hash")
+    info = run_dir.provenance(model) if Path(model).is_dir() else None
+    trained_on = info["world"]["content_hash"] if info else None
     if trained_on and trained_on != world_hash:
         raise ValueError(
-            f"{model} was trained on another world (see {config}): pass the --world, --people, --unseen_people and "
-            "--world_seed of that run, or 'unseen' people would not be unseen"
+            f"{model} was trained on another world ({info['world']['target']}, see its run.json): drop --world, or "
+            "pass that one, or 'unseen' people would not be unseen"
         )
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg, training = parse(argv)
     try:
-        script_cfg, training_cfg = parse()
-        outcome = main(script_cfg, training_cfg)
+        outcome = main(cfg, training)
     except (run_dir.RunDirError, ValueError, FileNotFoundError) as err:
-        sys.exit(f"trainers/grpo.py: error: {err}")
-    outcome.print("trainers/grpo.py")
+        sys.exit(f"{PROG}: error: {err}")
+    outcome.print(PROG)
     sys.exit(130 if outcome.interrupted else 0)
+
+
+if __name__ == "__main__":
+    cli()

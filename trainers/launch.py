@@ -1,9 +1,9 @@
 """Where the study's runs execute: a local process pool, this process, or Slurm through submitit.
 
 A job is one ``trainers/pretrain.py`` configuration, or (``stack_seeds``) the seeds of one width
-trained together as one stack (``pretrain.main_stacked``); several GPUs per run go through
-torchrun (DDP). Futures of the jobs' summaries come back to ``evals.study.Study``, which only
-decides what to run next.
+trained together as one stack (``trainers.nanollama.run.pretrain_stacked``); several GPUs per run
+go through torchrun (DDP). Futures of the jobs' summaries come back to
+``trainers.memory_study.Study``, which only decides what to run next.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainers.pretrain import PretrainConfig
+import configs
+from trainers.nanollama.run import PretrainConfig
 
 if TYPE_CHECKING:
-    from evals.study import StudyConfig
+    from trainers.memory_study import StudyConfig
 
-logger = logging.getLogger("evals.study")
+logger = logging.getLogger("trainers.memory_study")
 
 
 class SlurmConfig(BaseModel):
@@ -41,9 +42,9 @@ def run_trial(cfg_json: str, gpus: int = 0) -> dict[str, Any]:
     cfg = PretrainConfig.model_validate_json(cfg_json)
     if gpus > 1:
         return _run_torchrun(cfg, gpus)
-    from trainers.pretrain import main
+    from trainers.nanollama.run import pretrain
 
-    return main(cfg).model_dump()
+    return pretrain(cfg).model_dump()
 
 
 def run_trials(cfg_jsons: list[str], gpus: int = 0) -> list[dict[str, Any]]:
@@ -51,9 +52,9 @@ def run_trials(cfg_jsons: list[str], gpus: int = 0) -> list[dict[str, Any]]:
     if len(cfg_jsons) == 1:
         return [run_trial(cfg_jsons[0], gpus)]
     logging.basicConfig(level=logging.WARNING)
-    from trainers.pretrain import main_stacked
+    from trainers.nanollama.run import pretrain_stacked
 
-    return [s.model_dump() for s in main_stacked([PretrainConfig.model_validate_json(c) for c in cfg_jsons])]
+    return [s.model_dump() for s in pretrain_stacked([PretrainConfig.model_validate_json(c) for c in cfg_jsons])]
 
 
 def run_slurm_trials(cfg_jsons: list[str], gpus: int = 0) -> list[dict[str, Any]]:
@@ -67,9 +68,9 @@ def run_slurm_trial(cfg_json: str, gpus: int = 0) -> dict[str, Any]:
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     logging.basicConfig(level=logging.WARNING)
-    from trainers.pretrain import main
+    from trainers.nanollama.run import pretrain
 
-    return main(PretrainConfig.model_validate_json(cfg_json)).model_dump()
+    return pretrain(PretrainConfig.model_validate_json(cfg_json)).model_dump()
 
 
 def _run_torchrun(cfg: PretrainConfig, gpus: int) -> dict[str, Any]:
@@ -77,8 +78,7 @@ def _run_torchrun(cfg: PretrainConfig, gpus: int) -> dict[str, Any]:
 
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    request = run_dir / "request.json"
-    request.write_text(cfg.model_dump_json(indent=2), encoding="utf-8")  # JSON is YAML: pretrain --config reads it
+    request = configs.record(run_dir / "request.yaml", cfg)
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "-m", "trainers.pretrain"]
     subprocess.run([*command, "--config", str(request)], check=True, cwd=Path(__file__).resolve().parent.parent)
     return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))

@@ -4,10 +4,7 @@ For each mode and number of people, search over the model width for the smallest
 rollout recall on the training facts reaches the target (0.99) within the step budget; every run
 stops as soon as it gets there. In-tool models are also scored on unseen people.
 
-    python -m evals.study --preset cpu                      # ~45 min on 2 free CPU cores
-    python -m evals.study --preset cpu --published /work/shared/reference/itl_grid4.csv
-    python -m evals.study --config configs/study/paper.yaml --launcher slurm --partition gpu
-    python -m evals.study --preset tiny --out runs/study/tiny --workers 0   # seconds; what the tests run
+The command is ``python -m evals.study`` (``evals/study.py``); this module is its library.
 
 Search: widths come from the ``emb_dims`` grid, assumed monotone (a wider model that fails means
 every narrower one fails). With ``chain`` (default) the people counts of a mode are searched in
@@ -30,10 +27,7 @@ parameter for in-weight, unseen-people recall for in-tool, the published thresho
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -42,18 +36,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-if __package__ in (None, ""):  # `python evals/study.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from evals.study_launch import Launcher, SlurmConfig
+import configs
 from evals.study_report import bits_per_fact, markdown_table, published_thresholds, write_csv
+from trainers.launch import Launcher, SlurmConfig
+from trainers.nanollama.run import PretrainConfig, RunSummary, check_shape, finished_summary
 from trainers.nanollama.train import TrainConfig
-from trainers.pretrain import PretrainConfig, RunSummary, check_shape, finished_summary
 
-logger = logging.getLogger("evals.study")
+logger = logging.getLogger("trainers.memory_study")
 
 Mode = Literal["in_weight", "in_tool"]
-PRESETS = Path(__file__).resolve().parent.parent / "configs" / "study"
 
 
 class StudyConfig(BaseModel):
@@ -227,7 +218,7 @@ class Study:
         cfg = self.cfg
         out = cfg.out_dir()
         out.mkdir(parents=True, exist_ok=True)
-        (out / "study_config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        configs.record(out / "config.yaml", cfg)
         self._prepare_worlds()
         start = time.perf_counter()
         in_flight: dict[Future, list[tuple[str, int, int, int]]] = {}
@@ -414,42 +405,6 @@ class Study:
         return result
 
 
-def load_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> StudyConfig:
-    """The study config from ``--config`` or the ``--preset`` file (which also names the default output folder)."""
-    from trainers.nanollama.config import resolve
-
-    preset_file = None if args.config else PRESETS / f"{args.preset}.yaml"
-    if preset_file is not None and not preset_file.exists():
-        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
-        parser.error(f"no preset {args.preset!r}; known: {known}")
-    flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "preset"})
-    base = {"preset": args.preset} if preset_file is not None else {}
-    return resolve(StudyConfig, flags, parser, default_file=preset_file, base=base)
-
-
-def parse(argv: list[str] | None = None) -> StudyConfig:
-    from trainers.nanollama.config import add_flags
-
-    parser = argparse.ArgumentParser(
-        prog="python -m evals.study",
-        description="Smallest nanoLlama reaching the recall target, per mode and number of people (paper Section 5).",
-    )
-    parser.add_argument("--preset", default="cpu", help="preset from configs/study/ (default: cpu)")
-    parser.add_argument("--config", help="a study YAML file instead of a preset; flags override it")
-    add_flags(parser, StudyConfig, skip={"preset", "start_emb_dim", "seed"})
-    return load_config(parser.parse_args(argv), parser)
-
-
-def main(cfg: StudyConfig, launcher_factory: Callable[[StudyConfig], Launcher] = Launcher) -> StudyResult:
+def run_study(cfg: StudyConfig, launcher_factory: Callable[[StudyConfig], Launcher] = Launcher) -> StudyResult:
+    """Run (or finish) the study ``cfg`` and write its tables."""
     return Study(cfg, launcher_factory(cfg)).run()
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = parse()
-    try:
-        result = main(config)
-    except (OSError, ValueError) as err:  # an unwritable folder, a full disk, a run folder of other settings:
-        sys.exit(f"evals.study: {err}")  # finished runs stay on disk for a rerun
-    print((Path(result.out) / "thresholds.md").read_text(encoding="utf-8"))
-    print(json.dumps({k: v for k, v in result.model_dump().items() if k != "thresholds"}, indent=2))

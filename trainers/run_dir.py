@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+import configs
 
 
 class RunDirError(ValueError):
@@ -51,21 +50,36 @@ def prepare(path: str | Path, *, resume: bool) -> Path:
     return path
 
 
-def write_config(path: Path, **sections: Any) -> None:
-    """The resolved config, one YAML section per dataclass; kept as config.yaml (earlier ones on resume too)."""
-    data = {name: _plain(section) for name, section in sections.items()}
+def write_config(path: Path, *sections: Any) -> Path:
+    """The resolved config (``configs.record``: it can be passed back as ``--config``), as config.yaml; a
+    resumed run keeps the first one and adds config.resumed-<time>.yaml."""
     target = path / "config.yaml"
     if target.exists():
         target = path / f"config.resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
-    target.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return configs.record(target, *sections)
 
 
-def _plain(section: Any) -> Any:
-    if hasattr(section, "to_dict"):
-        return json.loads(json.dumps(section.to_dict(), default=str))
-    if is_dataclass(section):
-        return json.loads(json.dumps(asdict(section), default=str))
-    return section
+def write_provenance(path: Path, *, kind: str, model: str, world: Any) -> None:
+    """run.json: what the run started from (the model, the world and its hash), kept from the run's first start."""
+    target = path / "run.json"
+    if target.exists():
+        return
+    info = {
+        "kind": kind,
+        "model": model,
+        "world": {"target": world.target, "spec": world.spec.model_dump(), "content_hash": world.content_hash},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    target.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def provenance(run_or_model: str | Path) -> dict[str, Any] | None:
+    """The run.json of a run directory, or of the run a model directory (``<run>/model``, a checkpoint) belongs to."""
+    for folder in (Path(run_or_model), Path(run_or_model).parent):
+        info = folder / "run.json"
+        if info.is_file():
+            return json.loads(info.read_text(encoding="utf-8"))
+    return None
 
 
 class MetricsLog:

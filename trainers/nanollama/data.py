@@ -1,7 +1,8 @@
 """Training data: oracle trajectories -> byte tokens with an assistant-only loss mask -> packed rows.
 
 The dialogs are the oracle policy's episodes in ``ToolUseEnv`` (the environment the models are
-evaluated in), one rollout per question phrasing so every fact is asked in all its phrasings.
+evaluated in, ``itl_env.trajectories``), one rollout per question phrasing so every fact is asked
+in all its phrasings.
 
 Packing: dialogs are laid end to end in rows of ``seq_len`` tokens (a dialog never straddles
 two rows); each token carries its dialog's number (``documents``) and its position inside the
@@ -20,46 +21,20 @@ import numpy as np
 import torch
 
 from itl_env import dialogs
-from itl_env.env import ToolUseEnv
-from itl_env.oracle import OraclePolicy
-from itl_env.rollout import rollout
+from itl_env.trajectories import oracle_conversations
 from itl_env.world import World
 from trainers.nanollama.tokenizer import ByteTokenizer
 
 logger = logging.getLogger(__name__)
 
 
-class PhrasingEnv(ToolUseEnv):
-    """A ``ToolUseEnv`` that always asks in question phrasing ``variant`` (to enumerate phrasings)."""
-
-    def __init__(self, *args, variant: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.variant = variant
-
-    def reset(self, *, seed=None, options=None):
-        return super().reset(seed=seed, options={**(options or {}), "variant": self.variant})
-
-
-def oracle_conversations(world: World, mode: str, tool_format: str, split: str = "train") -> list[list[dict]]:
+def every_phrasing(world: World, mode: str, tool_format: str, split: str = "train") -> list[list[dict]]:
     """The oracle's conversation for every fact of ``split`` in every question phrasing."""
     variants = max(len(v) for v in dialogs.QUESTIONS.values())
     facts = world.facts(split)
     conversations: list[list[dict]] = []
     for variant in range(variants):
-        result = rollout(
-            OraclePolicy(world, mode, tool_format),
-            lambda v=variant: PhrasingEnv(
-                world, split=split, tool_format=tool_format, offer_tools=mode == "in_tool", variant=v
-            ),
-            facts,
-            mode=mode,
-            batch_size=256,
-            keep_conversations=True,
-            progress=False,
-        )
-        if result.summary.recall < 1.0:
-            raise RuntimeError(f"the oracle answered only {result.summary.recall:.3f} of the {split} facts right")
-        conversations += result.conversations
+        conversations += oracle_conversations(world, facts, mode, tool_format=tool_format, variant=variant)[0]
     return conversations
 
 

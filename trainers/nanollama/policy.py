@@ -2,24 +2,20 @@
 
 ``generate(conversations)`` writes each OpenAI-format conversation in the training byte format
 (``ByteTokenizer.encode_prompt``), continues it greedily until ``<|end|>`` and returns the text;
-``rollout`` parses tool calls in it and executes them for real. Prompts of a batch are left
+the environment parses tool calls in it and executes them for real. Prompts of a batch are left
 padded into one static-shape cache; finished sequences leave the batch once half of it is done.
 
     policy = NanoLlamaPolicy(model, tokenizer)
-    result = rollout(policy, lambda: ToolUseEnv(world, tool_format="find"), world.facts("train"), mode="in_tool")
+    RecallEvaluator(world, mode="in_tool", tool_format="find").evaluate(policy, world.facts("train"))
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from itl_env.env import ToolUseEnv
-from itl_env.rollout import RolloutResult, rollout
-from itl_env.world import Fact, World
 from trainers.nanollama.model import KVCache, Llama
 from trainers.nanollama.tokenizer import ByteTokenizer
 
@@ -127,31 +123,3 @@ class NanoLlamaPolicy:
                     break
             replies.append(reply)
         return replies
-
-
-def evaluate_recall(
-    policy: NanoLlamaPolicy,
-    world: World,
-    mode: str,
-    *,
-    split: str = "train",
-    facts: list[Fact] | None = None,
-    seed: int = 0,
-    out: str | Path | None = None,
-    batch_size: int = 512,
-    progress: bool = False,
-) -> RolloutResult:
-    """Roll ``policy`` out on ``facts`` (default: all of ``split``), tools executed for real."""
-    facts = world.facts(split) if facts is None else facts
-    tool_format = policy.tokenizer.tool_format
-    return rollout(
-        policy,
-        lambda: ToolUseEnv(world, split=split, tool_format=tool_format, offer_tools=mode == "in_tool"),
-        facts,
-        mode=mode,
-        batch_size=batch_size,
-        seed=seed,
-        out=out,
-        progress=progress,
-        desc=f"eval {split}",
-    )

@@ -1,35 +1,25 @@
-"""Train one nanoLlama from scratch on the oracle's dialogs and measure its recall (the paper's Section 5 run).
+"""One nanoLlama run from scratch on the oracle's dialogs, and its recall: the library of ``trainers/pretrain.py``.
 
-    python trainers/pretrain.py --mode in_tool --people 256 --emb-dim 32
-    python trainers/pretrain.py --mode in_weight --people 64 --emb-dim 16 --steps 1500 --out runs/pretrain/iw64
-    python trainers/pretrain.py --config configs/study/run.yaml --lr 1e-3
-    torchrun --nproc-per-node 2 trainers/pretrain.py --mode in_tool --people 4096 --emb-dim 32 --device cuda
-
-The run directory holds ``config.json`` (resolved config), ``metrics.jsonl`` (loss curve and
+A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (loss curve and
 evaluations), ``summary.json`` (``RunSummary``), ``records_train.jsonl`` / ``records_unseen.jsonl``
-(one ``FactRecord`` per question, tools executed for real) and ``checkpoint.pt``. Re-running the
-same command resumes from the checkpoint; a finished run returns its summary at once.
-``main_stacked`` trains runs that differ only in their seed as one stack in one process, each
-ending as its single run would (``python -m evals.study --stack-seeds`` uses it).
+(one ``FactRecord`` per question, tools executed for real) and ``checkpoint.pt``. Running the same
+config again resumes from the checkpoint; a finished run returns its summary at once.
+``pretrain_stacked`` trains runs that differ only in their seed as one stack in one process, each
+ending as its single run would (``python -m evals.study --stack_seeds`` uses it).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-if __package__ in (None, ""):  # `python trainers/pretrain.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+import configs
 from trainers.nanollama.model import LlamaConfig
 from trainers.nanollama.train import TrainConfig, TrainResult
 
@@ -39,6 +29,8 @@ if TYPE_CHECKING:
     from trainers.nanollama.train import DistInfo
 
 logger = logging.getLogger("trainers.pretrain")
+
+CONFIG = "config.yaml"
 
 
 class PretrainConfig(BaseModel):
@@ -111,7 +103,7 @@ class RunSummary(BaseModel):
     mean_dialog_tokens: float
 
 
-def main(cfg: PretrainConfig) -> RunSummary:
+def pretrain(cfg: PretrainConfig) -> RunSummary:
     import torch
     import torch.distributed as dist
 
@@ -149,7 +141,7 @@ def main(cfg: PretrainConfig) -> RunSummary:
             dist.destroy_process_group()
 
 
-def main_stacked(cfgs: list[PretrainConfig]) -> list[RunSummary]:
+def pretrain_stacked(cfgs: list[PretrainConfig]) -> list[RunSummary]:
     """Runs that differ only in their seed, trained as one stack (``StackedTrainer``: one process, batched
     kernels; for GPUs). Each run directory ends as the single run's would (same data order, initial weights,
     early stopping and files); finished runs are returned as they are. A run's ``wall_seconds`` and
@@ -208,7 +200,7 @@ class _Data:
         import torch.distributed as dist
 
         from itl_env.world import WorldSpec, ensure_world
-        from trainers.nanollama.data import dialog_lengths, encode_dialogs, oracle_conversations
+        from trainers.nanollama.data import dialog_lengths, encode_dialogs, every_phrasing
         from trainers.nanollama.model import count_parameters
         from trainers.nanollama.tokenizer import ByteTokenizer
 
@@ -221,7 +213,7 @@ class _Data:
             dist.barrier()  # rank 0 built the world; the others open it
         self.world = world or ensure_world(spec, world_path)
         self.tokenizer = ByteTokenizer(cfg.tool_format)
-        self.dialogs = encode_dialogs(oracle_conversations(self.world, cfg.mode, cfg.tool_format), self.tokenizer)
+        self.dialogs = encode_dialogs(every_phrasing(self.world, cfg.mode, cfg.tool_format), self.tokenizer)
         self.lengths = dialog_lengths(self.dialogs)
         self.model_cfg = LlamaConfig(
             vocab_size=self.tokenizer.vocab_size, emb_dim=cfg.emb_dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads
@@ -252,37 +244,37 @@ class _Data:
 
         return NanoLlamaPolicy(model, self.tokenizer, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size)
 
+    def recall(self, cfg: PretrainConfig):
+        """The run's ``RecallEvaluator`` (the project's one; nanoLlama answers in ``cfg.tool_format``)."""
+        from evals.evaluator import RecallEvaluator
+
+        return RecallEvaluator(self.world, mode=cfg.mode, tool_format=cfg.tool_format, max_turns=4, batch_size=512)
+
     def evaluator(self, cfg: PretrainConfig):
         """``evaluate(model, final) -> recall`` on the training facts: a fixed sample first, all of them once the
         sample passes (or at the end)."""
-        from trainers.nanollama.policy import evaluate_recall
+        recall = self.recall(cfg)
 
         def evaluate(model, final: bool) -> float:
             policy = self.policy(cfg, model)
             if self.sample is not None and not final:
-                recall = evaluate_recall(policy, self.world, cfg.mode, facts=self.sample).summary.recall
-                if recall < cfg.train.target_recall:
-                    return recall
+                passed = recall.evaluate(policy, self.sample).summary.recall
+                if passed < cfg.train.target_recall:
+                    return passed
             out = cfg.run_dir() / "records_train.jsonl"
-            return evaluate_recall(policy, self.world, cfg.mode, out=out).summary.recall
+            return recall.evaluate(policy, self.world.facts("train"), out=out).summary.recall
 
         return evaluate
 
     def finish(self, cfg: PretrainConfig, model, result: TrainResult, start, start_cpu, share: int = 1) -> RunSummary:
         """Score the trained model on unseen people (in-tool runs by default) and write ``summary.json``."""
-        from trainers.nanollama.policy import evaluate_recall
-
         eval_unseen = cfg.eval_unseen if cfg.eval_unseen is not None else cfg.mode == "in_tool"
         unseen = None
         if eval_unseen and cfg.unseen_people:
             model.eval()
-            unseen = evaluate_recall(
-                self.policy(cfg, model),
-                self.world,
-                cfg.mode,
-                split="unseen",
-                out=cfg.run_dir() / "records_unseen.jsonl",
-            ).summary.recall
+            out = cfg.run_dir() / "records_unseen.jsonl"
+            unseen = self.recall(cfg).evaluate(self.policy(cfg, model), self.world.facts("unseen"), out=out)
+            unseen = unseen.summary.recall
         train_recall = result.evals[-1].recall if result.evals else float("nan")
         summary = _summary(cfg, self, result, train_recall, unseen, start, start_cpu, share)
         (cfg.run_dir() / "summary.json").write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -290,8 +282,7 @@ class _Data:
 
 
 def _write_config(cfg: PretrainConfig) -> None:
-    cfg.run_dir().mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir() / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    configs.record(cfg.run_dir() / CONFIG, cfg)
 
 
 def _summary(cfg, data: _Data, result, train_recall, unseen, start, start_cpu, share: int = 1) -> RunSummary:
@@ -324,12 +315,12 @@ def finished_summary(cfg: PretrainConfig) -> RunSummary | None:
     """The summary of a finished run of ``cfg`` in its run directory, if there is one made with the same options
     (options that cannot change the result, like threads or progress bars, may differ)."""
     run_dir = cfg.run_dir()
-    config_path, summary_path = run_dir / "config.json", run_dir / "summary.json"
+    config_path, summary_path = run_dir / CONFIG, run_dir / "summary.json"
     if not (config_path.exists() and summary_path.exists()):
         return None
     cosmetic = {"progress", "resume", "threads", "device", "out", "eval_batch_size"}
-    old = json.loads(config_path.read_text(encoding="utf-8"))
-    new = json.loads(cfg.model_dump_json())
+    old = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    new = configs.as_mapping(cfg)
     if {k: v for k, v in old.items() if k not in cosmetic} != {k: v for k, v in new.items() if k not in cosmetic}:
         return None
     return RunSummary.model_validate_json(summary_path.read_text(encoding="utf-8"))
@@ -348,26 +339,3 @@ def _device(name: str, info: DistInfo) -> torch.device:
             device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     return device
-
-
-def parse(argv: list[str] | None = None) -> PretrainConfig:
-    from trainers.nanollama.config import add_flags, resolve
-
-    parser = argparse.ArgumentParser(
-        prog="python trainers/pretrain.py",
-        description="Train one nanoLlama on the oracle dialogs of a fact world and evaluate its recall.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", help="YAML file of options (nested 'train:' section); flags override it")
-    add_flags(parser, PretrainConfig)
-    return resolve(PretrainConfig, parser.parse_args(argv), parser)
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
-    config = parse()
-    try:
-        summary = main(config)
-    except (OSError, ValueError) as err:  # an unwritable folder, a full disk, a checkpoint of other settings
-        sys.exit(f"trainers/pretrain.py: {err}")
-    print(json.dumps(summary.model_dump(), indent=2))

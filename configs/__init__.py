@@ -1,0 +1,25 @@
+"""YAML presets and the one config resolver every entry point uses (``configs.resolve``)."""
+
+from pathlib import Path
+
+from configs.resolve import ConfigError, as_mapping, load_yaml, positive, record, resolve, usage_error
+
+PRESETS = Path(__file__).resolve().parent  # the YAML presets live beside this file
+
+
+def preset(name: str) -> Path:
+    """The path of a shipped preset, e.g. ``preset("study/cpu.yaml")``."""
+    return PRESETS / name
+
+
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "as_mapping",
+    "load_yaml",
+    "positive",
+    "preset",
+    "record",
+    "resolve",
+    "usage_error",
+]

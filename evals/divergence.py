@@ -1,0 +1,149 @@
+"""Divergence of a fine-tuned model from its base, on the base's own continuations of a fixed prompt set.
+
+The base continues each prompt (``evals/data/retention_prompts.jsonl``: factual, creative, math and
+language prompts written for this project, in the chat template when the tokenizer has one)
+greedily; on those continuations both models' next-token distributions are compared token by
+token: KL(base || model), total variation, the negative log-likelihood each gives the base's
+tokens and its base-relative change ``(nll_model - nll_base) / nll_base``, and how often their
+top tokens agree.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Prompt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    category: Literal["factual", "creative", "math", "language"]
+    prompt: str
+
+
+class Divergence(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int
+    kl: float = Field(description="mean per token of KL(base || model), nats")
+    tv: float = Field(description="mean per token of the total-variation distance")
+    base_nll: float = Field(description="mean NLL of the base's continuation tokens under the base")
+    model_nll: float = Field(description="the same under the fine-tuned model")
+    nll_change: float = Field(description="(model_nll - base_nll) / base_nll")
+    top1_agreement: float = Field(description="share of positions where both models' most likely token agree")
+
+
+def load_prompts(path: str | os.PathLike[str] | None = None) -> list[Prompt]:
+    """The prompt set: ``path`` or the project's ``evals/data/retention_prompts.jsonl``."""
+    text = (
+        Path(path).read_text(encoding="utf-8")
+        if path
+        else resources.files("evals").joinpath("data", "retention_prompts.jsonl").read_text(encoding="utf-8")
+    )
+    return [Prompt.model_validate_json(line) for line in text.splitlines() if line.strip()]
+
+
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """A prompt as the model is asked it: a user turn in the chat template when there is one, else raw text."""
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def greedy_continuations(
+    model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int, batch_size: int
+) -> list[list[int]]:
+    """The base's greedy continuation of each prompt, up to and including its end-of-turn token."""
+    import torch
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
+        with torch.inference_mode():
+            generated = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+        for row in generated[:, width:].tolist():
+            out.append(row[: row.index(eos) + 1] if eos in row else row)
+    return out
+
+
+def next_token_log_probs(model: Any, sequences: list[list[int]], pad: int) -> tuple[Any, Any]:
+    """(log-probabilities (B, T, V) of each next token, mask (B, T)) of right-padded ``sequences``."""
+    import torch
+
+    width = max(map(len, sequences))
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=model.device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=model.device)
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    return torch.log_softmax(logits, dim=-1), mask
+
+
+def divergence_terms(
+    base: Any, model: Any, prompts: list[list[int]], continuations: list[list[int]], batch_size: int, pad: int
+) -> list[dict[str, list[float]]]:
+    """Per prompt, per continuation token: KL, TV, both NLLs and top-1 agreement."""
+    import torch
+
+    rows: list[dict[str, list[float]]] = []
+    pairs = list(zip(prompts, continuations, strict=True))
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        base_lp, _ = next_token_log_probs(base, [p + c for p, c in chunk], pad)
+        model_lp, _ = next_token_log_probs(model, [p + c for p, c in chunk], pad)
+        if base_lp.shape[-1] != model_lp.shape[-1]:
+            vocab = min(base_lp.shape[-1], model_lp.shape[-1])  # padded embedding rows: compare the shared ids
+            base_lp = torch.log_softmax(base_lp[..., :vocab], dim=-1)
+            model_lp = torch.log_softmax(model_lp[..., :vocab], dim=-1)
+        for k, (prompt, continuation) in enumerate(chunk):
+            # position t predicts token t+1: the continuation is predicted from len(prompt)-1 on
+            span = slice(len(prompt) - 1, len(prompt) - 1 + len(continuation))
+            b, m = base_lp[k, span], model_lp[k, span]
+            target = torch.tensor(continuation, device=b.device).unsqueeze(-1)
+            p = b.exp()
+            rows.append(
+                {
+                    "kl": (p * (b - m)).sum(-1).clamp_min(0).tolist(),
+                    "tv": (0.5 * (p - m.exp()).abs().sum(-1)).tolist(),
+                    "base_nll": (-b.gather(-1, target).squeeze(-1)).tolist(),
+                    "model_nll": (-m.gather(-1, target).squeeze(-1)).tolist(),
+                    "agree": (b.argmax(-1) == m.argmax(-1)).float().tolist(),
+                }
+            )
+    return rows
+
+
+def summarise(rows: list[dict[str, list[float]]]) -> Divergence:
+    def mean(key: str) -> float:
+        values = [v for row in rows for v in row[key]]
+        return sum(values) / len(values) if values else 0.0
+
+    tokens = sum(len(row["kl"]) for row in rows)
+    base_nll, model_nll = mean("base_nll"), mean("model_nll")
+    return Divergence(
+        tokens=tokens,
+        kl=mean("kl"),
+        tv=mean("tv"),
+        base_nll=base_nll,
+        model_nll=model_nll,
+        nll_change=(model_nll - base_nll) / base_nll if base_nll > 0 else 0.0,
+        top1_agreement=mean("agree"),
+    )

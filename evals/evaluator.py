@@ -1,0 +1,119 @@
+"""``RecallEvaluator``: the one recall evaluation, called by every trainer and by ``python -m evals.recall``.
+
+A policy (anything with ``generate(conversations) -> list[str]``: HF, vLLM, an OpenAI-compatible
+server, nanoLlama, the oracle) plays ``ToolUseEnv`` on facts of a world, the tools executed for
+real, one JSONL ``FactRecord`` per episode; the summary is ``itl_env.rollout.summarise``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from itl_env.env import ToolUseEnv
+from itl_env.rollout import Policy, RolloutResult, rollout
+from itl_env.world import SPLITS, Fact, World
+from tools.registry import ToolRegistry
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_SEED = 1234  # fixed: every evaluation of a run sees the same sampled facts
+
+
+class RecallEvaluator:
+    """Plays the environment with a policy on facts of ``world`` and summarises recall."""
+
+    def __init__(
+        self,
+        world: World,
+        *,
+        mode: str,
+        tool_format: str = "hermes",
+        registry: ToolRegistry | None = None,
+        max_turns: int = 3,
+        batch_size: int = 128,
+        seed: int = 0,
+    ):
+        if mode not in ("in_tool", "in_weight"):
+            raise ValueError(f"unknown mode {mode!r}; valid: in_tool, in_weight")
+        self.world, self.mode, self.tool_format, self.registry = world, mode, tool_format, registry
+        self.max_turns, self.batch_size, self.seed = max_turns, batch_size, seed
+        self.tools = self.env().tools
+
+    def env(self) -> ToolUseEnv:
+        """One environment of this evaluation (tools offered only in_tool)."""
+        return ToolUseEnv(
+            self.world,
+            tool_format=self.tool_format,
+            registry=self.registry,
+            offer_tools=self.mode == "in_tool",
+            max_turns=self.max_turns,
+        )
+
+    def sample(self, split: str, n: int) -> list[Fact]:
+        """A fixed random sample of ``n`` facts of ``split`` (all of them for 0 or more than there are)."""
+        facts = self.world.facts(split)
+        return list(facts) if n == 0 or n >= len(facts) else random.Random(SAMPLE_SEED).sample(facts, n)
+
+    def evaluate(
+        self,
+        policy: Policy,
+        facts: Sequence[Fact],
+        *,
+        out: str | Path | None = None,
+        resume: bool = False,
+        progress: bool = False,
+        desc: str = "eval",
+    ) -> RolloutResult:
+        """Play every fact once (records appended to ``out`` as episodes end; ``resume`` keeps those there)."""
+        return rollout(
+            policy,
+            self.env,
+            facts,
+            mode=self.mode,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            out=out,
+            resume=resume,
+            progress=progress,
+            desc=desc,
+        )
+
+    def evaluate_splits(
+        self, policy: Policy, *, sample: int, tag: str, records_dir: Path | None = None, progress: bool = True
+    ) -> dict[str, float]:
+        """Recall on fixed samples of training and unseen facts (``records_dir/<tag>-<split>.jsonl``).
+
+        Keys: ``<split>_recall``, ``<split>_tool_call_rate``, ``<split>_parse_error_rate`` per split, and
+        ``tool_call_rate`` / ``parse_error_rate`` over every evaluated episode.
+        """
+        summary: dict[str, float] = {}
+        pooled: dict[str, float] = {"tool_call_rate": 0.0, "parse_error_rate": 0.0}
+        episodes = 0
+        for split in SPLITS:
+            facts = self.sample(split, sample)
+            if not facts:
+                continue
+            out = records_dir / f"{tag}-{split}.jsonl" if records_dir is not None else None
+            result = self.evaluate(policy, facts, out=out, progress=progress, desc=f"eval {tag} {split}").summary
+            summary |= {
+                f"{split}_recall": result.recall,
+                f"{split}_tool_call_rate": result.tool_call_rate,
+                f"{split}_parse_error_rate": result.parse_error_rate,
+            }
+            for key in pooled:
+                pooled[key] += getattr(result, key) * result.episodes
+            episodes += result.episodes
+            logger.info(
+                "%s %s: recall %.3f, tool calls %.3f, parse errors %.3f (%d facts)",
+                tag,
+                split,
+                result.recall,
+                result.tool_call_rate,
+                result.parse_error_rate,
+                result.episodes,
+            )
+        summary.setdefault("unseen_recall", 0.0)
+        return summary | {key: value / max(episodes, 1) for key, value in pooled.items()}

@@ -1,0 +1,153 @@
+"""In-tool vs in-weight supervised fine-tuning with TRL: the library path of ``trainers/sft.py``.
+
+Both modes train on the oracle's trajectories in ``ToolUseEnv`` (in_tool: ask -> call -> read ->
+answer; in_weight: ask -> answer), with the loss on assistant tokens only, and are evaluated by
+playing the same environment with the tools executed for real: periodically on fixed samples, and
+at the end on the training people and on unseen people.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import Field
+
+from evals.evaluator import RecallEvaluator
+from trainers import run_dir
+from trainers.hf_training import GracefulStop, ModelRecall, lora_config, progress_callback, train_and_finish
+from trainers.options import RunOptions, RunResult
+
+logger = logging.getLogger("trainers.sft")
+
+
+class SFTScriptConfig(RunOptions):
+    """What to train and how to evaluate it (TRL's SFTConfig holds the optimisation settings)."""
+
+    phrasings: int = Field(4, ge=1, description="passes of oracle dialogs over the training facts, each phrased anew")
+    stop_at_recall: float = Field(
+        0.0, ge=0.0, le=1.0, description="stop once a periodic evaluation reaches this recall on both splits (0: never)"
+    )
+
+
+def training_defaults() -> dict[str, Any]:
+    """TRL SFTConfig values that suit the embedded model on a CPU; every one can be overridden."""
+    return {
+        "output_dir": run_dir.AUTO,
+        "max_steps": 1500,
+        "per_device_train_batch_size": 32,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 30,
+        "weight_decay": 0.01,
+        "logging_steps": 10,
+        "save_strategy": "steps",
+        "save_steps": 100,
+        "save_total_limit": 2,
+        "report_to": "none",
+        "assistant_only_loss": True,
+        "max_length": 512,
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "bf16": False,
+        # TRL turns activation checkpointing on by default: it only costs time (~30% per step) on small models.
+        "activation_checkpointing": False,
+    }
+
+
+def fine_tune(
+    cfg: SFTScriptConfig,
+    training: Any,
+    *,
+    callbacks: Sequence[Any] = (),
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+) -> RunResult:
+    """Train ``cfg.model`` on the oracle's dialogs of ``cfg.mode`` and evaluate it; writes the run directory.
+
+    ``callbacks`` are more ``transformers.TrainerCallback``s; ``on_eval(step, summary)`` may stop the run after a
+    periodic evaluation (return True), in addition to ``cfg.stop_at_recall``.
+    """
+    import torch
+    from trl import SFTTrainer
+
+    started = time.perf_counter()
+    out = run_dir.check(run_dir.resolve(training.output_dir, "sft", cfg.mode), resume=cfg.resume)
+    training.output_dir = str(out)
+    if not torch.cuda.is_available():
+        training.use_cpu = True
+    random.seed(training.seed)
+
+    world = cfg.open_world()
+    try:
+        model, tokenizer = cfg.load_model(seed=training.seed)
+        run_dir.prepare(out, resume=cfg.resume)  # only once the world and the model loaded
+        run_dir.write_config(out, cfg, training)
+        run_dir.write_provenance(out, kind="sft", model=cfg.model, world=world)
+        metrics = run_dir.MetricsLog(out)
+        dataset = sft_dataset(world, cfg, rows=rows_consumed(training))
+        evaluator = RecallEvaluator(world, mode=cfg.mode, max_turns=cfg.max_turns, batch_size=cfg.eval_batch_size)
+        recall = ModelRecall(evaluator, tokenizer, cfg, out)
+        stop = GracefulStop()
+
+        def should_stop(step: int, summary: dict[str, float]) -> bool:
+            threshold = cfg.stop_at_recall
+            if threshold and summary["train_recall"] >= threshold and summary["unseen_recall"] >= threshold:
+                logger.info(
+                    "step %d: recall %.3f / %.3f reached %.2f",
+                    step,
+                    summary["train_recall"],
+                    summary["unseen_recall"],
+                    threshold,
+                )
+                return True
+            return on_eval is not None and on_eval(step, summary)
+
+        trainer = SFTTrainer(
+            model=model,
+            args=training,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg),
+            callbacks=[progress_callback(cfg, stop, recall, metrics, on_eval=should_stop), *callbacks],
+        )
+        trained, trainable, final, interrupted = train_and_finish(trainer, cfg, stop, recall, metrics, tokenizer, out)
+        result = RunResult(
+            run_dir=str(out),
+            mode=cfg.mode,
+            model=cfg.model,
+            parameters=sum(p.numel() for p in trained.parameters()),
+            trainable_parameters=trainable,
+            steps=trainer.state.global_step,
+            wall_seconds=round(time.perf_counter() - started, 1),
+            interrupted=interrupted,
+            **{k: final[k] for k in ("train_recall", "unseen_recall", "tool_call_rate", "parse_error_rate")},
+        )
+        if trainer.is_world_process_zero():
+            (out / "summary.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return result
+    finally:
+        world.close()
+
+
+def sft_dataset(world: Any, cfg: SFTScriptConfig, rows: int | None) -> Any:
+    """The oracle's dialogs over every training fact, ``cfg.phrasings`` times, shuffled; cut to ``rows``."""
+    from itl_env.trajectories import sft_dataset as oracle_dataset
+
+    dataset = oracle_dataset(world, world.facts("train"), cfg.mode, epochs=cfg.phrasings, seed=1).shuffle(seed=0)
+    if rows is not None and rows < len(dataset):
+        # SFTTrainer tokenises every row up front; rows the run never reaches only cost start-up time.
+        logger.info("training on the first %d of %d shuffled dialogs (what max_steps consumes)", rows, len(dataset))
+        dataset = dataset.select(range(rows))
+    return dataset
+
+
+def rows_consumed(training: Any) -> int | None:
+    """Dialogs a run with max_steps reads (all ranks together); None when it runs by epochs."""
+    if training.max_steps is None or training.max_steps <= 0:
+        return None
+    world_size = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    return training.max_steps * training.per_device_train_batch_size * training.gradient_accumulation_steps * world_size

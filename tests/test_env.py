@@ -225,3 +225,118 @@ def test_environments_of_a_world_share_tool_and_scorer_not_registry(shared_world
 def takes_nothing() -> str:
     """Return a constant."""
     return "constant"
+
+
+# --- the Gymnasium contract: close, state before reset, snapshots, vector envs, pickling, sampling -------
+
+
+def test_state_exists_before_reset_and_step_before_reset_is_refused(shared_world):
+    env = ToolUseEnv(shared_world)
+    assert (env.fact, env.turn, env.messages, env.tool_calls, env.tool_results, env.parse_errors) == (
+        None,
+        0,
+        [],
+        [],
+        [],
+        [],
+    )
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step("hello")
+
+
+def test_info_is_a_snapshot_that_does_not_grow(env, shared_world):
+    fact = shared_world.facts("train")[0]
+    _, first = env.reset(options={"fact": fact})
+    _, _, _, _, second = env.step(call_text("hermes", fact.person, fact.attribute.value))
+    assert len(first["messages"]) == 1 and first["tool_calls"] == []
+    env.step("I think it is something.")
+    assert len(second["messages"]) == 3 and len(second["tool_calls"]) == 1
+
+
+def test_close_releases_a_world_the_env_opened_and_leaves_a_given_one(shared_world):
+    opened = ToolUseEnv(shared_world.target)
+    opened.reset(seed=0)
+    opened.registry.call("lookup", {"name": "x", "attribute": "occupation"})
+    opened.close()
+    assert opened.world.engine.pool.checkedout() == 0
+    given = ToolUseEnv(shared_world)
+    given.close()
+    assert shared_world.index.value(shared_world.rows[0]["name"], "occupation") == shared_world.rows[0]["occupation"]
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"facts": 1}, ValueError, "unknown reset option(s) 'facts'; valid: fact, split, variant"),
+        ({"split": "test"}, ValueError, "reset option split='test' is not a split; valid: train, unseen"),
+        ({"fact": "0:occupation"}, TypeError, "reset option fact must be a Fact"),
+        ({"variant": 9}, ValueError, "reset option variant must be an int in 0..3, got 9"),
+        ({"variant": "1"}, ValueError, "reset option variant must be an int in 0..3, got '1'"),
+        ({"variant": True}, ValueError, "variant must be an int"),
+        (["fact"], TypeError, "reset options must be a dict, got list"),
+    ],
+)
+def test_odd_reset_options_are_clear_errors(env, options, error, message):
+    import re
+
+    with pytest.raises(error, match=re.escape(message)):
+        env.reset(options=options)
+
+
+def test_action_space_samples_short_printable_actions(env):
+    env.action_space.seed(0)
+    samples = [env.action_space.sample() for _ in range(200)]
+    assert all(env.action_space.contains(s) and len(s) <= 64 for s in samples)
+    assert len(set(samples)) > 150
+    env.reset(seed=0)
+    for sample in samples[:10]:
+        env.reset(seed=0)
+        env.step(sample)  # any sampled action is a valid step
+
+
+def test_a_lone_surrogate_in_an_action_is_replaced(env, shared_world):
+    fact = shared_world.facts("train")[0]
+    env.reset(options={"fact": fact})
+    _, reward, terminated, _, info = env.step(f"{fact.value} \ud800")
+    assert terminated and info["answer"] == f"{fact.value} \ufffd"
+    import json
+
+    json.dumps(info["messages"], ensure_ascii=False).encode("utf-8")  # writable as UTF-8
+
+
+def test_the_environment_pickles_mid_episode(env, shared_world):
+    import pickle
+
+    fact = shared_world.facts("unseen")[1]
+    env.reset(options={"fact": fact})
+    env.step(call_text("hermes", fact.person, fact.attribute.value))
+    copy = pickle.loads(pickle.dumps(env))
+    assert copy.messages == env.messages and copy.world.content_hash == shared_world.content_hash
+    _, reward, terminated, _, _ = copy.step(dialogs.answer(fact.person, fact.attribute, fact.value))
+    assert terminated and reward == 1.0
+    copy.close()
+
+
+def test_async_vector_env_with_spawned_workers(shared_world):
+    envs = gymnasium.make_vec(
+        "itl/FactRecall-v0",
+        num_envs=2,
+        vectorization_mode="async",
+        vector_kwargs={"context": "spawn"},
+        world=shared_world.target,
+        max_turns=2,
+    )
+    try:
+        questions, infos = envs.reset(seed=[0, 1])
+        assert all(dialogs.parse_question(q) is not None for q in questions)
+        people = [dialogs.parse_question(q)[0] for q in questions]
+        attributes = [dialogs.parse_question(q)[1].value for q in questions]
+        actions = tuple(call_text("hermes", p, a) for p, a in zip(people, attributes, strict=True))
+        observations, rewards, terminated, truncated, _ = envs.step(actions)
+        by_name = shared_world.by_name
+        assert list(observations) == [by_name[p][a] for p, a in zip(people, attributes, strict=True)]
+        answers = tuple(f"It is {o}, naïvely — 答え." for o in observations)
+        _, rewards, terminated, _, _ = envs.step(answers)
+        assert list(rewards) == [1.0, 1.0] and all(terminated)
+    finally:
+        envs.close()

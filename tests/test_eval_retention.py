@@ -128,7 +128,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 
 def test_the_embedded_default_model_is_a_base_by_name(tmp_path):
-    """``--base default`` is the model SFT starts from, built offline, not a hub id."""
+    """``--base default`` is the model SFT starts from (tests/test_sft.py checks they are one), built offline."""
     saved = save(tmp_path / "default-copy", DefaultModelConfig())
     report = run("default", str(saved), max_new_tokens=2)
     assert report.divergence.tokens > 0 and report.divergence.kl == 0.0

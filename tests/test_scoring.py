@@ -139,3 +139,19 @@ def test_mentions_match_the_longest_first_alternation(pieces):
 
 def test_mentions_with_an_empty_vocabulary():
     assert AnswerScorer({Attribute.occupation: []}).mentions("a nurse", Attribute.occupation) == set()
+
+
+def test_a_hedge_naming_a_value_absent_from_this_world_scores_zero(shared_world):
+    """The candidates are each attribute's whole domain, not the values one world happens to hold."""
+    from itl_env.env import ToolUseEnv
+    from itl_env.world import atoms
+
+    present = {row["birth_place"] for row in shared_world.rows}
+    absent = next(country for country in atoms("countries") if country not in present)
+    fact = next(f for f in shared_world.facts("train") if f.attribute is Attribute.birth_place)
+    env = ToolUseEnv(shared_world)
+    env.reset(options={"fact": fact})
+    _, reward, terminated, _, _ = env.step(f"{fact.person} was born in {fact.value} or {absent}.")
+    assert terminated and reward == 0.0
+    env.reset(options={"fact": fact})
+    assert env.step(f"{fact.person} was born in {fact.value}.")[1] == 1.0

@@ -254,3 +254,34 @@ def test_without_output_dir_each_run_gets_its_own_directory():
     first = run_dir.resolve(training.output_dir, "sft", "in_tool")
     assert first.parent.name == "runs" and first.name.startswith("sft-in_tool-")
     assert run_dir.resolve("somewhere/else", "sft", "in_tool").as_posix() == "somewhere/else"
+
+
+def test_an_existing_world_gives_its_own_spec(tmp_path, file_sha256):
+    from itl_env.world import WorldSpec, build_world
+
+    build_world(WorldSpec(seed=3, people=12, unseen_people=4), tmp_path / "mine.db").close()
+    before = file_sha256(tmp_path / "mine.db")
+    plain = [a for a in TINY if a not in ("--people", "12", "--unseen_people", "4")]
+    script, training = sft.parse(
+        [*plain, "--max_steps", "1", "--world", str(tmp_path / "mine.db"), "--output_dir", str(tmp_path / "run")]
+    )
+    result = sft.main(script, training)
+    started = json.loads((Path(result.run_dir) / "run.json").read_text())
+    assert started["world"]["spec"] == {"seed": 3, "people": 12, "unseen_people": 4, "alpha": 1.0}
+    assert file_sha256(tmp_path / "mine.db") == before
+    script, training = sft.parse([*plain, "--people", "50", "--world", str(tmp_path / "mine.db")])
+    with pytest.raises(ValueError, match=r"people=50 \(the world has 12\); drop the option"):
+        sft.main(script, training)
+
+
+def test_one_default_model_is_what_sft_trains():
+    """``evals.models.load("default")`` (recall, retention, benchmarks) is the model ``trainers/sft.py`` trains."""
+    from evals.default_model import DefaultModelConfig
+    from evals.models import load
+
+    script, _ = sft.parse([])
+    trained, _ = script.load_model(seed=0)
+    by_name, _ = load("default")
+    assert DefaultModelConfig.of_width(script.hidden_size, script.layers) == DefaultModelConfig()
+    count = sum(p.numel() for p in trained.parameters())
+    assert count == sum(p.numel() for p in by_name.parameters()) and 650_000 < count < 720_000

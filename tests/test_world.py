@@ -345,3 +345,131 @@ def test_cli_unwritable_target_is_a_one_line_error(tmp_path, target):
     done = run_cli("--people", "5", "--out", target.format(tmp=tmp_path))
     assert done.returncode == 1
     assert "cannot write a world to" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- hardening: every world file is verified, nothing is overwritten, a path is never a URI -------------
+
+
+def tamper(path: Path, sql: str, *params: object) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute(sql, params)
+
+
+def test_a_tampered_row_is_refused_when_opened(world, tmp_path):
+    target = tmp_path / "world.db"
+    person = world.rows[3]
+    tamper(target, "UPDATE people SET occupation = 'astronaut' WHERE id = ?", person["id"])
+    with pytest.raises(store.NotAWorldError, match="was modified after it was generated"):
+        World.open(target)
+
+
+def test_a_stored_spec_that_disagrees_with_the_rows_is_refused(world, tmp_path):
+    target = tmp_path / "world.db"
+    tamper(
+        target,
+        "UPDATE world_meta SET value = ? WHERE key = 'spec'",
+        '{"seed": 0, "people": 41, "unseen_people": 12, "alpha": 1.0}',
+    )
+    with pytest.raises(
+        store.NotAWorldError, match="the stored spec says 41 training and 12 unseen people, the table holds 40"
+    ):
+        World.open(target)
+    tamper(
+        target,
+        "UPDATE world_meta SET value = ? WHERE key = 'spec'",
+        '{"seed": 5, "people": 40, "unseen_people": 12, "alpha": 1.0}',
+    )
+    with pytest.raises(store.NotAWorldError, match="was modified after it was generated"):
+        World.open(target)  # same counts, another spec: the hash covers the spec too
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("DELETE FROM world_meta WHERE key = 'content_hash'", "the world metadata lacks 'content_hash'"),
+        ("DELETE FROM world_meta", "lacks 'spec', 'content_hash', 'schema'"),
+        ("UPDATE world_meta SET value = '{not json' WHERE key = 'spec'", "world metadata 'spec' is not valid JSON"),
+        ("UPDATE world_meta SET value = '[1, 2]' WHERE key = 'spec'", "the stored spec is not valid"),
+        ("UPDATE world_meta SET value = '{\"people\": -4}' WHERE key = 'spec'", "the stored spec is not valid (people"),
+        ("UPDATE world_meta SET value = '1' WHERE key = 'schema'", "world schema 1, this version reads schema 2"),
+        ("DROP TABLE world_meta", "is not an ITL world"),
+        ("ALTER TABLE people DROP COLUMN occupation", "the people table lacks the columns ['occupation']"),
+    ],
+)
+def test_missing_or_malformed_metadata_is_one_clear_error(world, tmp_path, sql, message):
+    target = tmp_path / "world.db"
+    tamper(target, sql)
+    with pytest.raises(store.NotAWorldError, match=re_escape(message)):
+        World.open(target)
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+@pytest.mark.parametrize("name", ["a?b.db", "a#b.db", "100%.db", "with space.db", "q?mode=rw.db", "%3F.db", "x:y.db"])
+def test_file_names_with_uri_characters_name_exactly_that_file(tmp_path, name):
+    spec = WorldSpec(seed=1, people=5, unseen_people=1)
+    neighbour = tmp_path / "a"  # what a URI reading of "a?b.db" would open
+    neighbour.write_text("unrelated")
+    built = build_world(spec, tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a", name])
+    assert neighbour.read_text() == "unrelated"
+    assert World.open(tmp_path / name).content_hash == built.content_hash
+    assert built.index.value(built.rows[0]["name"], Attribute.occupation) == built.rows[0]["occupation"]
+    built.close()
+
+
+def test_a_file_at_the_target_is_never_replaced_without_force(tmp_path, file_sha256):
+    target = tmp_path / "notes.db"
+    target.write_text("my notes")
+    with pytest.raises(store.WorldExistsError, match="already exists; pass --force"):
+        build_world(WorldSpec(people=3, unseen_people=0), target)
+    assert target.read_text() == "my notes"
+    done = run_cli("--people", "3", "--out", str(target))
+    assert done.returncode == 1 and "already exists; pass --force" in done.stderr
+    assert target.read_text() == "my notes"
+    assert run_cli("--people", "3", "--out", str(target), "--force").returncode == 0
+    assert World.open(target).spec.people == 3
+
+
+@pytest.mark.parametrize("target", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_a_one_line_error(target):
+    done = run_cli("--people", "3", "--out", target)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "in-memory SQLite database" in done.stderr
+
+
+def test_sigterm_during_generation_leaves_no_temporary_file(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "big.db"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "itl_env.world", "--people", "400000", "--unseen_people", "0", "--out", str(out)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".big.db.*.tmp")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert list(tmp_path.glob(".big.db.*.tmp")), "the writer never started"
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_world_pickles_as_its_path_and_is_verified_again(world, tmp_path):
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(world))
+    assert copy is not world and copy.target == world.target and copy.content_hash == world.content_hash
+    tamper(tmp_path / "world.db", "UPDATE people SET name = 'Someone Else' WHERE id = 0")
+    with pytest.raises(store.NotAWorldError, match="modified"):
+        pickle.loads(pickle.dumps(world))
+    copy.close()

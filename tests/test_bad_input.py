@@ -10,7 +10,7 @@ import pytest
 from itl_env import dialogs
 from itl_env.env import ToolUseEnv, fact_registry
 from itl_env.oracle import OraclePolicy
-from itl_env.rollout import rollout
+from itl_env.rollout import read_records, rollout
 from itl_env.world import World, WorldSpec, build_world
 
 MAX_TURNS = 3
@@ -187,3 +187,70 @@ def test_megabyte_action_is_parsed_without_harm(world):
     env.reset(seed=0)
     _, reward, terminated, _, info = env.step("<tool_call>" * 100_000)
     assert "opened but never closed" in info["parse_errors"][0] and not terminated and reward == 0.0
+
+
+def test_lone_surrogates_in_model_output_leave_records_and_the_batch_intact(crowd, tmp_path, file_sha256):
+    """A model that writes "\\ud800" (in an answer, a tool call argument, a tool name) cannot break the records."""
+    world = crowd
+    before = file_sha256(tmp_path / "crowd.db")
+    people = [row["name"] for row in world.people("train")]
+    scripts = {
+        people[0]: "The answer is \ud800.",
+        people[2]: hermes_call("lookup", {"name": "Ana \udfff", "attribute": "occupation"}),
+        people[4]: hermes_call("look\ud83dup", {}),
+    }
+    out = tmp_path / "records.jsonl"
+    result = rollout(
+        ScriptedPolicy(world, scripts, "hermes"),
+        lambda: ToolUseEnv(world, max_turns=MAX_TURNS),
+        world.facts("train"),
+        mode="in_tool",
+        batch_size=8,
+        out=out,
+        progress=False,
+    )
+    written = read_records(out)
+    assert len(written) == len(world.facts("train")) == len(result.records)
+    by_person = {r.person: r for r in written if r.person in scripts}
+    assert by_person[people[0]].answer == "The answer is \ufffd." and not by_person[people[0]].correct
+    assert by_person[people[2]].tool_result.startswith("no person named 'Ana \ufffd'")
+    assert by_person[people[4]].tool_name == "look\ufffdup"
+    assert all(r.correct for r in written if r.person not in scripts)
+    assert file_sha256(tmp_path / "crowd.db") == before
+
+
+class HangingTools:
+    """A registry of tools that misbehave at run time: hang, return 10 MB, raise unprintable errors."""
+
+    @staticmethod
+    def registry():
+        from tools import ToolRegistry, tool
+
+        @tool
+        def hang(seconds: float) -> str:
+            """Sleep.
+
+            Args:
+                seconds: How long.
+            """
+            import time
+
+            time.sleep(seconds)
+            return "woke"
+
+        @tool
+        def flood() -> str:
+            """Return ten million characters."""
+            return "x" * 10_000_000
+
+        return ToolRegistry([hang, flood], timeout_s=0.5)
+
+
+def test_a_hanging_or_flooding_tool_ends_neither_the_episode_nor_the_batch(world):
+    env = ToolUseEnv(world, registry=HangingTools.registry(), max_turns=3)
+    env.reset(seed=0)
+    observation, _, terminated, truncated, _ = env.step(hermes_call("hang", {"seconds": 60}))
+    assert observation == "hang did not finish within 0.5 s" and not (terminated or truncated)
+    observation, _, _, _, _ = env.step(hermes_call("flood", {}))
+    assert len(observation) <= 8192 and observation.endswith("[cut: 10,000,000 characters; the first 8,136 are shown]")
+    assert env.observation_space.contains(observation)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-OURS = {"gradient_checkpointing": False}  # what trainers/sft.py changes in TRL's defaults for step time
+OURS = {"activation_checkpointing": False}  # what trainers/sft.py changes in TRL's defaults for step time
 VARIANTS = {
     "trl defaults (padding)": {},
     "ours (padding)": OURS,

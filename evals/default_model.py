@@ -20,7 +20,6 @@ from typing import Any
 
 from itl_env import chat_template, dialogs
 from itl_env.store import Attribute
-from itl_env.world import ATTRIBUTE_ATOMS, atoms
 
 PAD = "<|pad|>"
 
@@ -44,14 +43,16 @@ class DefaultModelConfig:
 
 
 def template_corpus() -> list[str]:
-    """The text the tokenizer's merges are learned from: every template and value, no names."""
-    corpus = [chat_template.CHAT_TEMPLATE, "user\nassistant\ntool\nsystem\nTools:\n"]
+    """The text the tokenizer's merges are learned from: what the template renders around the facts (roles, the
+    tools line, questions, calls, answers), with neither names nor attribute values. A value is copied from the
+    tool result into the answer, so it must be made of pieces the model copies everywhere: with whole-word
+    tokens for occupations the default run answered one frequent occupation for most people (recall 0.76)."""
+    tools_line = "lookup(name, attribute: " + "|".join(a.value for a in Attribute) + ")"
+    corpus = ["user\nassistant\ntool\nsystem\nTools:\n" + tools_line]
     for attribute in Attribute:
         corpus += [q.format(name="") for q in dialogs.QUESTIONS[attribute]]
-        kind = ATTRIBUTE_ATOMS.get(attribute)
-        values = atoms(kind) if kind else ["1/2/1970"]  # digits are pre-tokenised one by one: one date suffices
         call = {"name": "lookup", "arguments": {"name": "", "attribute": attribute.value}}
-        corpus += [dialogs.answer("", attribute, v) for v in values]
+        corpus.append(dialogs.answer("", attribute, ""))
         corpus.append(f"<tool_call>\n{json.dumps(call)}\n</tool_call>")
     return corpus
 
@@ -81,7 +82,7 @@ def byte_tokenizer(vocab_size: int = 1024) -> Any:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token=PAD, model_max_length=DefaultModelConfig.max_positions
     )
-    return chat_template.install(tokenizer)
+    return chat_template.install(tokenizer, chat_template.COMPACT_CHAT_TEMPLATE)
 
 
 def build(config: DefaultModelConfig = DefaultModelConfig()) -> tuple[Any, Any]:

@@ -97,10 +97,30 @@ def next_token_log_probs(model: Any, sequences: list[list[int]], pad: int) -> tu
     return torch.log_softmax(logits, dim=-1), mask
 
 
+def shared_vocabulary(base_tokenizer: Any, model_tokenizer: Any) -> int:
+    """How many token ids both models share: the base's whole vocabulary, which must be the fine-tuned
+    tokenizer's first ids (tokens a fine-tune adds, like ``<tool_call>``, come after them)."""
+    base_vocab, model_vocab = base_tokenizer.get_vocab(), model_tokenizer.get_vocab()
+    differ = [token for token, i in base_vocab.items() if model_vocab.get(token) != i]
+    if differ:
+        raise ValueError(
+            f"the fine-tuned tokenizer does not extend the base's: {len(differ)} of its {len(base_vocab)} tokens have "
+            f"another id (e.g. {differ[0]!r}); token-level divergence needs one vocabulary"
+        )
+    return max(base_vocab.values()) + 1
+
+
 def divergence_terms(
-    base: Any, model: Any, prompts: list[list[int]], continuations: list[list[int]], batch_size: int, pad: int
+    base: Any,
+    model: Any,
+    prompts: list[list[int]],
+    continuations: list[list[int]],
+    batch_size: int,
+    pad: int,
+    vocabulary: int | None = None,
 ) -> list[dict[str, list[float]]]:
-    """Per prompt, per continuation token: KL, TV, both NLLs and top-1 agreement."""
+    """Per prompt, per continuation token: KL, TV, both NLLs and top-1 agreement, over the first ``vocabulary``
+    token ids (default: the smaller model's); each distribution is renormalised over them."""
     import torch
 
     rows: list[dict[str, list[float]]] = []
@@ -109,9 +129,10 @@ def divergence_terms(
         chunk = pairs[start : start + batch_size]
         base_lp, _ = next_token_log_probs(base, [p + c for p, c in chunk], pad)
         model_lp, _ = next_token_log_probs(model, [p + c for p, c in chunk], pad)
-        if base_lp.shape[-1] != model_lp.shape[-1]:
-            vocab = min(base_lp.shape[-1], model_lp.shape[-1])  # padded embedding rows: compare the shared ids
+        vocab = vocabulary or min(base_lp.shape[-1], model_lp.shape[-1])
+        if base_lp.shape[-1] != vocab:
             base_lp = torch.log_softmax(base_lp[..., :vocab], dim=-1)
+        if model_lp.shape[-1] != vocab:  # added tokens (and padded embedding rows) left out
             model_lp = torch.log_softmax(model_lp[..., :vocab], dim=-1)
         for k, (prompt, continuation) in enumerate(chunk):
             # position t predicts token t+1: the continuation is predicted from len(prompt)-1 on
@@ -147,3 +168,38 @@ def summarise(rows: list[dict[str, list[float]]]) -> Divergence:
         nll_change=(model_nll - base_nll) / base_nll if base_nll > 0 else 0.0,
         top1_agreement=mean("agree"),
     )
+
+
+class DivergenceProbe:
+    """The base's continuations of the prompt set, made once; ``measure(model)`` is the model's divergence from it.
+
+    Prompts are written with the base's tokenizer (its own chat template); the fine-tuned model is scored on
+    the same token ids, over the vocabulary both share (``shared_vocabulary``).
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        tokenizer: Any,
+        prompts: list[Prompt] | None = None,
+        *,
+        max_new_tokens: int = 32,
+        batch_size: int = 16,
+    ):
+        self.base, self.tokenizer, self.batch_size = base, tokenizer, batch_size
+        self.prompts = prompts if prompts is not None else load_prompts()
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.ids = [prompt_ids(tokenizer, p.prompt) for p in self.prompts]
+        self.continuations = greedy_continuations(base, tokenizer, self.ids, max_new_tokens, batch_size)
+
+    def measure(self, model: Any, model_tokenizer: Any) -> tuple[Divergence, dict[str, Divergence]]:
+        """(divergence over all prompts, per prompt category)."""
+        vocabulary = shared_vocabulary(self.tokenizer, model_tokenizer)
+        rows = divergence_terms(
+            self.base, model, self.ids, self.continuations, self.batch_size, self.pad, vocabulary=vocabulary
+        )
+        categories = sorted({p.category for p in self.prompts})
+        by_category = {
+            c: summarise([r for r, p in zip(rows, self.prompts, strict=True) if p.category == c]) for c in categories
+        }
+        return summarise(rows), by_category

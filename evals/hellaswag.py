@@ -1,25 +1,32 @@
-"""HellaSwag zero-shot accuracy (and length-normalised accuracy) of a model.
+"""HellaSwag zero-shot accuracy of a model and its change relative to the base, through ``lm-eval``.
 
-Items come through ``datasets`` from the hub (``hub``), from a JSONL file in HellaSwag's schema, or
-from a small sample in the same schema written for this project (``sample``; ``auto`` tries the hub
-and falls back to it offline). An ending is scored by its summed log-likelihood given the context.
+``lm-eval`` (the harness the paper used) scores every ending by its log-likelihood given the context:
+``acc`` picks the most likely ending, ``acc_norm`` the most likely per byte. Where the items come from:
+
+- ``hub``: lm-eval's own ``hellaswag`` task (``Rowan/hellaswag`` validation; needs the hub);
+- a JSONL file in HellaSwag's schema, run as an equivalent local task (the same preprocessing);
+- ``sample``: 24 items written for this project in HellaSwag's schema, run the same way and always
+  labelled as such: they are not HellaSwag;
+- ``auto``: the hub, else the project sample (with a warning); ``none``: skipped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from evals.divergence import next_token_log_probs
-
 logger = logging.getLogger(__name__)
 
 HUB_DATASET = "Rowan/hellaswag"
+SAMPLE_LABEL = "project sample (24 items in HellaSwag's schema, written for this project: not HellaSwag)"
+LOCAL_TASK = "itl_hellaswag_local"
 
 
 class HellaSwagItem(BaseModel):
@@ -42,7 +49,7 @@ class HellaSwagItem(BaseModel):
 class HellaSwagResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: str
+    source: str = Field(description="what was scored: HellaSwag itself, or the project's sample (labelled)")
     items: int
     base_acc: float
     model_acc: float
@@ -50,69 +57,128 @@ class HellaSwagResult(BaseModel):
     model_acc_norm: float
     acc_change: float = Field(description="model_acc - base_acc")
     acc_norm_change: float = Field(description="model_acc_norm - base_acc_norm")
+    relative: float = Field(description="model_acc_norm as a % of base_acc_norm (the paper's 'HellaSwag relative')")
 
 
-def load_hellaswag(source: str = "auto", limit: int | None = None) -> tuple[str, list[HellaSwagItem]]:
-    """(where the items came from, the items): ``hub``, ``sample``, ``auto`` (hub, else sample) or a JSONL path."""
-    if source in ("hub", "auto"):
-        try:
-            from datasets import load_dataset
-
-            rows = load_dataset(HUB_DATASET, split="validation")
-            if limit:
-                rows = rows.select(range(min(limit, len(rows))))
-            return f"hub:{HUB_DATASET}", [HellaSwagItem.model_validate(dict(r)) for r in rows]
-        except Exception as err:  # offline, no such dataset, a schema change: fall back, or report it
-            if source == "hub":
-                raise RuntimeError(f"could not load {HUB_DATASET} from the hub: {err}") from err
-            logger.warning("HellaSwag from the hub unavailable (%s); using the project's sample", type(err).__name__)
-            source = "sample"
+def load_items(source: str, limit: int | None = None) -> list[HellaSwagItem]:
+    """The items of ``sample`` or of a JSONL file in HellaSwag's schema."""
     if source == "sample":
         text = resources.files("evals").joinpath("data", "hellaswag_sample.jsonl").read_text(encoding="utf-8")
     else:
         text = Path(source).read_text(encoding="utf-8")
     items = [HellaSwagItem.model_validate_json(line) for line in text.splitlines() if line.strip()]
-    return source, items[:limit] if limit else items
+    return items[:limit] if limit else items
 
 
 def _clean(text: str) -> str:
-    """HellaSwag's WikiHow markup removed, as the usual zero-shot evaluation does."""
+    """HellaSwag's WikiHow markup removed, as lm-eval's hellaswag task does."""
     text = text.strip().replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
     return text.replace("  ", " ")
 
 
-def hellaswag_choices(item: HellaSwagItem) -> tuple[str, list[str]]:
-    """(context, continuations) scored for one item."""
-    context = _clean(f"{item.activity_label}: {item.ctx_a} {item.ctx_b.capitalize()}")
-    return context, [" " + _clean(ending) for ending in item.endings]
+def lm_eval_doc(item: HellaSwagItem) -> dict[str, Any]:
+    """An item as lm-eval's hellaswag task preprocesses it: query, choices, gold."""
+    context = f"{item.ctx_a} {item.ctx_b.capitalize()}"
+    return {
+        "query": _clean(f"{item.activity_label}: {context}"),
+        "choices": [_clean(ending) for ending in item.endings],
+        "gold": int(item.label),
+    }
 
 
-def hellaswag_accuracy(model: Any, tokenizer: Any, items: list[HellaSwagItem], batch_size: int) -> tuple[float, float]:
-    """(accuracy, length-normalised accuracy): the ending with the highest log-likelihood given the context."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    requests: list[tuple[list[int], int, int]] = []  # (ids, continuation start, characters)
-    for item in items:
-        context, endings = hellaswag_choices(item)
-        context_ids = tokenizer(context)["input_ids"]
-        for ending in endings:
-            whole = tokenizer(context + ending)["input_ids"]
-            requests.append((whole, len(context_ids), len(ending)))
-    scores: list[float] = []
-    for start in range(0, len(requests), batch_size):
-        chunk = requests[start : start + batch_size]
-        log_probs, _ = next_token_log_probs(model, [ids for ids, _, _ in chunk], pad)
-        for k, (ids, begin, _) in enumerate(chunk):
-            positions = range(max(begin, 1), len(ids))
-            scores.append(sum(float(log_probs[k, t - 1, ids[t]]) for t in positions))
-    right = right_norm = 0
-    cursor = 0
-    for item in items:
-        n = len(item.endings)
-        item_scores = scores[cursor : cursor + n]
-        chars = [c for _, _, c in requests[cursor : cursor + n]]
-        cursor += n
-        gold = int(item.label)
-        right += max(range(n), key=lambda i: item_scores[i]) == gold
-        right_norm += max(range(n), key=lambda i: item_scores[i] / max(chars[i], 1)) == gold
-    return right / len(items), right_norm / len(items)
+def lm_eval_accuracy(
+    model: Any, tokenizer: Any, source: str, *, limit: int | None = None, batch_size: int = 16
+) -> tuple[float, float, int]:
+    """(acc, acc_norm, items) of ``model`` with lm-eval: the hub task, or ``source``'s items as a local task."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    with tempfile.TemporaryDirectory() as folder:
+        if source == "hub":
+            task, manager = "hellaswag", TaskManager()
+        else:
+            task, manager = LOCAL_TASK, TaskManager(include_path=_local_task(Path(folder), load_items(source, limit)))
+        results = simple_evaluate(
+            model=lm,
+            tasks=[task],
+            task_manager=manager,
+            limit=limit,
+            num_fewshot=0,
+            log_samples=False,
+            verbosity="ERROR",
+        )
+    scores = results["results"][task]
+    items = results.get("n-samples", {}).get(task, {}).get("effective", limit or 0)
+    return float(scores["acc,none"]), float(scores["acc_norm,none"]), int(items)
+
+
+def _local_task(folder: Path, items: list[HellaSwagItem]) -> str:
+    """A lm-eval task folder scoring ``items`` exactly as its hellaswag task scores HellaSwag's."""
+    docs = folder / "docs.jsonl"
+    docs.write_text("".join(json.dumps(lm_eval_doc(item)) + "\n" for item in items), encoding="utf-8")
+    config = {
+        "task": LOCAL_TASK,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"validation": str(docs)}},
+        "validation_split": "validation",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{query}}",
+        "doc_to_target": "{{gold}}",
+        "doc_to_choice": "choices",
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
+    }
+    (folder / "task.yaml").write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
+    return str(folder)
+
+
+class HellaSwagProbe:
+    """The base's HellaSwag accuracy, scored once; ``measure(model)`` scores a fine-tuned model on the same items."""
+
+    def __init__(
+        self, base: Any, tokenizer: Any, source: str = "auto", *, limit: int | None = 200, batch_size: int = 16
+    ):
+        self.limit, self.batch_size, self.source = limit, batch_size, source
+        self.base_acc, self.base_norm, self.items = self._score_base(base, tokenizer, source)  # may settle source
+
+    def _score_base(self, base: Any, tokenizer: Any, source: str) -> tuple[float, float, int]:
+        if source in ("hub", "auto"):
+            try:
+                scores = lm_eval_accuracy(base, tokenizer, "hub", limit=self.limit, batch_size=self.batch_size)
+                self.source = "hub"
+                return scores
+            except Exception as err:  # offline, no such dataset: fall back (auto), or say why (hub)
+                if source == "hub":
+                    raise RuntimeError(
+                        f"could not run lm-eval's hellaswag ({HUB_DATASET} from the hub): {err}"
+                    ) from err
+                logger.warning(
+                    "HellaSwag from the hub unavailable (%s); scoring the project's sample", type(err).__name__
+                )
+                self.source = "sample"
+        return lm_eval_accuracy(base, tokenizer, self.source, limit=self.limit, batch_size=self.batch_size)
+
+    @property
+    def label(self) -> str:
+        if self.source == "hub":
+            return f"HellaSwag validation ({HUB_DATASET}, lm-eval)"
+        return SAMPLE_LABEL if self.source == "sample" else f"{self.source} (HellaSwag's schema, lm-eval)"
+
+    def measure(self, model: Any, tokenizer: Any) -> HellaSwagResult:
+        acc, norm, _ = lm_eval_accuracy(model, tokenizer, self.source, limit=self.limit, batch_size=self.batch_size)
+        return HellaSwagResult(
+            source=self.label,
+            items=self.items,
+            base_acc=self.base_acc,
+            model_acc=acc,
+            base_acc_norm=self.base_norm,
+            model_acc_norm=norm,
+            acc_change=acc - self.base_acc,
+            acc_norm_change=norm - self.base_norm,
+            relative=100.0 * norm / self.base_norm if self.base_norm else 0.0,
+        )

@@ -1,13 +1,17 @@
 """Retention: what fine-tuning costs a model's other abilities, measured against its base.
 
+    python -m evals.retention --model runs/sft-in_weight-.../model    # the base: what the run started from
     python -m evals.retention --base runs/base-model --model runs/sft/model
     python -m evals.retention --base HuggingFaceTB/SmolLM2-135M-Instruct --model runs/sft/model --hellaswag hub
     python -m evals.retention --config configs/retention.yaml --out results/retention.json
     itl-retention --base smollm2-135m --model runs/sft/model     # the same, installed command
 
 Divergence (``evals.divergence``): KL / total variation / NLL change of the model from the base on
-the base's greedy continuations of a fixed prompt set. HellaSwag (``evals.hellaswag``): zero-shot
-accuracy of both models, with the fine-tuned model's change relative to the base.
+the base's greedy continuations of a fixed prompt set, over the vocabulary both share (tokens the
+fine-tune added, such as ``<tool_call>``, are left out and the model's distribution renormalised
+over the rest). HellaSwag (``evals.hellaswag``, through lm-eval): zero-shot accuracy of both
+models, the change and the model's accuracy as a % of the base's; the project's offline sample is
+labelled as what it is.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from evals.divergence import Divergence, divergence_terms, greedy_continuations, load_prompts, prompt_ids, summarise
-from evals.hellaswag import HellaSwagResult, hellaswag_accuracy, load_hellaswag
+from evals.divergence import Divergence, DivergenceProbe, load_prompts, shared_vocabulary
+from evals.hellaswag import HellaSwagProbe, HellaSwagResult
+from evals.provenance import provenance
 
 logger = logging.getLogger("evals.retention")
 
@@ -34,6 +39,7 @@ class RetentionReport(BaseModel):
     base: str
     model: str
     prompts: int
+    vocabulary: str = Field(description="the token ids compared, and what was left out")
     divergence: Divergence
     by_category: dict[str, Divergence]
     hellaswag: HellaSwagResult | None
@@ -42,8 +48,12 @@ class RetentionReport(BaseModel):
 class RetentionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base: str = Field(description="the base model: a directory, hub id, 'default' or 'smollm2-135m'")
-    model: str = Field(description="the fine-tuned model (a directory, or as --base)")
+    model: str = Field(description="the fine-tuned model: a run's model/ or checkpoint directory (or any model)")
+    base: str | None = Field(
+        None,
+        description="the base: a directory, hub id, 'default' or 'smollm2-135m' (none: the model the run started "
+        "from, as its run.json records)",
+    )
     prompts: str | None = Field(None, description="prompt set JSONL (none: the project's set)")
     max_new_tokens: int = Field(32, ge=1, description="length of the base's greedy continuations")
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
@@ -65,50 +75,52 @@ def load_model(name: str, dtype: str, device: str) -> tuple[Any, Any]:
     return model.to(device).eval(), tokenizer
 
 
+def base_of(model: str) -> str:
+    """The model a run started from (its run.json), for a run's ``model/`` or checkpoint directory."""
+    info = provenance(model) if Path(model).is_dir() else None
+    if info is None:
+        raise ValueError(f"{model} records no base (no run.json beside it): pass --base")
+    return info["model"]
+
+
+def vocabulary_note(base_tokenizer: Any, model_tokenizer: Any) -> str:
+    shared = shared_vocabulary(base_tokenizer, model_tokenizer)
+    added = len(model_tokenizer) - shared
+    note = f"the base's {shared:,} token ids"
+    if added > 0:
+        note += f"; the fine-tuned model's {added} added token(s) are left out and its distribution renormalised"
+    return note
+
+
 def main(cfg: RetentionConfig) -> RetentionReport:
     import torch
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    base, tokenizer = load_model(cfg.base, cfg.dtype, cfg.device)
+    base_name = cfg.base or base_of(cfg.model)
+    base, tokenizer = load_model(base_name, cfg.dtype, cfg.device)
     model, model_tokenizer = load_model(cfg.model, cfg.dtype, cfg.device)
-    if model_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(f"{cfg.model} and {cfg.base} have different vocabularies: token-level divergence is undefined")
-    prompts = load_prompts(cfg.prompts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    note = vocabulary_note(tokenizer, model_tokenizer)  # refuses two unrelated vocabularies before any work
     from tqdm import tqdm
 
-    with tqdm(total=3, desc="retention", unit="stage") as bar:
-        ids = [prompt_ids(tokenizer, p.prompt) for p in prompts]
-        continuations = greedy_continuations(base, tokenizer, ids, cfg.max_new_tokens, cfg.batch_size)
-        bar.update()
-        rows = divergence_terms(base, model, ids, continuations, cfg.batch_size, pad)
+    with tqdm(total=2, desc="retention", unit="stage") as bar:
+        probe = DivergenceProbe(
+            base, tokenizer, load_prompts(cfg.prompts), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
+        )
+        divergence, by_category = probe.measure(model, model_tokenizer)
         bar.update()
         hellaswag = None
         if cfg.hellaswag != "none":
-            source, items = load_hellaswag(cfg.hellaswag, cfg.hellaswag_limit)
-            base_acc, base_norm = hellaswag_accuracy(base, tokenizer, items, cfg.batch_size)
-            model_acc, model_norm = hellaswag_accuracy(model, tokenizer, items, cfg.batch_size)
-            hellaswag = HellaSwagResult(
-                source=source,
-                items=len(items),
-                base_acc=base_acc,
-                model_acc=model_acc,
-                base_acc_norm=base_norm,
-                model_acc_norm=model_norm,
-                acc_change=model_acc - base_acc,
-                acc_norm_change=model_norm - base_norm,
-            )
+            swag = HellaSwagProbe(base, tokenizer, cfg.hellaswag, limit=cfg.hellaswag_limit, batch_size=cfg.batch_size)
+            hellaswag = swag.measure(model, model_tokenizer)
         bar.update()
-    categories = sorted({p.category for p in prompts})
     report = RetentionReport(
-        base=cfg.base,
+        base=base_name,
         model=cfg.model,
-        prompts=len(prompts),
-        divergence=summarise(rows),
-        by_category={
-            c: summarise([r for r, p in zip(rows, prompts, strict=True) if p.category == c]) for c in categories
-        },
+        prompts=len(probe.prompts),
+        vocabulary=note,
+        divergence=divergence,
+        by_category=by_category,
         hellaswag=hellaswag,
     )
     if cfg.out:

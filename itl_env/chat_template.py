@@ -1,10 +1,11 @@
 """The project's tool chat template: ChatML turns, hermes tool calls, training-compatible.
 
-It is what the embedded default model ships with and what any model whose own template cannot
-render tool calls gets. Properties TRL checks and relies on:
+It is what any model whose own template cannot render tool calls gets (``CHAT_TEMPLATE``: the
+tools' JSON schemas, descriptions and typed parameters, in the system turn, as hermes-style templates
+show them) and what the embedded default model ships with (``COMPACT_CHAT_TEMPLATE``: one
+``name(arg: enum|values)`` line per tool, which keeps a tiny from-scratch model's byte-level
+sequences short). Both write the turns alike. Properties TRL checks and relies on:
 
-- tools are listed in the system turn (compactly: one ``name(arg: enum|values)`` line per tool,
-  which keeps byte-level sequences short);
 - assistant ``tool_calls`` are written exactly as ``itl_env.formats.HermesFormat`` writes them,
   so the environment parses what the model learned to emit;
 - each assistant turn, its end-of-turn token included, sits inside ``{% generation %}`` so
@@ -21,7 +22,7 @@ END_OF_TURN = "<|im_end|>"
 START_OF_TURN = "<|im_start|>"
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 
-CHAT_TEMPLATE = (
+COMPACT_TOOLS = (
     "{%- if tools %}"
     "{{- '<|im_start|>system\\nTools:' }}"
     "{%- for tool in tools %}"
@@ -35,6 +36,20 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{{- '<|im_end|>\\n' }}"
     "{%- endif %}"
+)
+
+SCHEMA_TOOLS = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\nYou can call these functions to answer. Each is described by its JSON schema:\\n<tools>' }}"
+    "{%- for tool in tools %}"
+    "{{- '\\n' + (tool | tojson) }}"
+    "{%- endfor %}"
+    '{{- \'\\n</tools>\\nTo call one, write <tool_call>\\n{"name": <function name>, "arguments": <arguments object>}\''
+    " + '\\n</tool_call> and wait for its result.<|im_end|>\\n' }}"
+    "{%- endif %}"
+)
+
+TURNS = (
     "{%- for message in messages %}"
     "{%- if message.role == 'assistant' %}"
     "{{- '<|im_start|>assistant\\n' }}"
@@ -63,6 +78,10 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+
+CHAT_TEMPLATE = SCHEMA_TOOLS + TURNS
+COMPACT_CHAT_TEMPLATE = COMPACT_TOOLS + TURNS
+TEMPLATES = (CHAT_TEMPLATE, COMPACT_CHAT_TEMPLATE)
 
 # transformers' response-parsing spec (``tokenizer.response_template``) for the template above.
 RESPONSE_TEMPLATE: dict[str, Any] = {
@@ -106,6 +125,12 @@ def is_training_compatible(tokenizer: Any) -> bool:
     )
 
 
+def template_token_ids(tokenizer: Any) -> list[int]:
+    """The ids of the template's own tokens (turn markers, tool-call tags) that ``tokenizer`` has."""
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[t] for t in (START_OF_TURN, END_OF_TURN, TOOL_CALL_OPEN, TOOL_CALL_CLOSE) if t in vocab)
+
+
 def install(tokenizer: Any, chat_template: str | None = None) -> Any:
     """Give ``tokenizer`` the project's template (or ``chat_template``) and its response parser.
 
@@ -125,7 +150,7 @@ def install(tokenizer: Any, chat_template: str | None = None) -> Any:
     if plain:  # not special: decoding with skip_special_tokens must keep the tool-call tags
         tokenizer.add_tokens(plain)
     tokenizer.chat_template = template
-    if template == CHAT_TEMPLATE:
+    if template in TEMPLATES:
         tokenizer.response_template = RESPONSE_TEMPLATE
     tokenizer.eos_token = END_OF_TURN
     if tokenizer.pad_token is None:

@@ -67,11 +67,26 @@ class WorldSpec(BaseModel):
     people: int = Field(256, ge=1, description="training people (4 facts each)")
     unseen_people: int = Field(64, ge=0, description="people never seen in training")
     alpha: float = Field(1.0, ge=0.0, le=1.0, description="share of facts drawn independently of the last name")
+    edited_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="a counterfactual copy: this share of training facts has another valid value"
+    )
+    edit_seed: int = Field(0, description="which facts a counterfactual copy changes, and to what")
 
     def default_path(self) -> str:
         """Where the trainers keep this world unless told otherwise: one file per spec, so specs never collide."""
         alpha = "" if self.alpha == 1.0 else f"-a{self.alpha:g}"
-        return f"data/world-{self.people}-{self.unseen_people}-{self.seed}{alpha}.db"
+        edited = "" if not self.edited_share else f"-e{self.edited_share:g}s{self.edit_seed}"
+        return f"data/world-{self.people}-{self.unseen_people}-{self.seed}{alpha}{edited}.db"
+
+    def counterfactual(self, share: float, seed: int = 0) -> WorldSpec:
+        """The same people with ``share`` of the training facts changed to other valid values (a model that answers
+        from the tool gives the new values; one that answers from memory, the old)."""
+        return self.model_copy(update={"edited_share": share, "edit_seed": seed})
+
+    @property
+    def original(self) -> WorldSpec:
+        """The world this spec is a counterfactual copy of (itself when nothing is edited)."""
+        return self.model_copy(update={"edited_share": 0.0, "edit_seed": 0})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +110,28 @@ def generate_people(spec: WorldSpec) -> list[dict[str, Any]]:
     rows += _draw(spec, "unseen", spec.unseen_people, atoms("unseen_first_names"), stream=1)
     for i, row in enumerate(rows):
         row["id"] = i
+    if spec.edited_share:
+        _edit(rows[: spec.people], spec)
     return rows
+
+
+def _edit(rows: list[dict[str, Any]], spec: WorldSpec) -> None:
+    """Give ``spec.edited_share`` of these people's facts another value of the same domain, in place."""
+    rng = np.random.default_rng([spec.seed, 2, spec.edit_seed])
+    attributes = list(Attribute)
+    chosen = rng.choice(
+        len(rows) * len(attributes), size=round(spec.edited_share * len(rows) * len(attributes)), replace=False
+    )
+    for index in sorted(chosen.tolist()):
+        row, attribute = rows[index // len(attributes)], attributes[index % len(attributes)]
+        if attribute is Attribute.birth_date:
+            current = row[attribute.value]
+            while row[attribute.value] == current:
+                row[attribute.value] = format_date(_FIRST_BIRTH_DAY + timedelta(days=int(rng.integers(_BIRTH_DAYS))))
+        else:
+            vocab = atoms(ATTRIBUTE_ATOMS[attribute])
+            position = vocab.index(row[attribute.value])
+            row[attribute.value] = vocab[(position + int(rng.integers(1, len(vocab)))) % len(vocab)]
 
 
 def _draw(spec: WorldSpec, split: Split, n: int, firsts: tuple[str, ...], stream: int) -> list[dict[str, Any]]:
@@ -137,7 +173,8 @@ SCHEMA = 2  # 2: the content hash covers the spec as well as the rows
 
 def content_hash(spec: WorldSpec, rows: list[dict[str, Any]]) -> str:
     """sha256 of the spec and the rows' content, independent of the database that stores them."""
-    digest = hashlib.sha256(spec.model_dump_json().encode() + b"\n")
+    # fields at their defaults are left out: a field added later does not change the hash of existing worlds
+    digest = hashlib.sha256(spec.model_dump_json(exclude_defaults=True).encode() + b"\n")
     for row in rows:
         fields = [str(row["id"]), row["name"], row["split"], *(str(row[a.value]) for a in Attribute)]
         digest.update(("\t".join(fields) + "\n").encode())

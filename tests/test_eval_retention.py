@@ -65,51 +65,113 @@ def test_perturbed_copy_diverges(base_and_perturbed, tmp_path):
     assert saved == report
 
 
-def test_hellaswag_falls_back_to_the_sample_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    source, items = hellaswag.load_hellaswag("auto")
-    assert source == "sample" and len(items) >= 20
-    assert all(len(i.endings) == 4 and 0 <= int(i.label) < 4 for i in items)
-    assert hellaswag.load_hellaswag("sample", limit=5)[1] == items[:5]
-
-
-def test_hellaswag_schema_is_enforced(tmp_path):
+def test_hellaswag_sample_is_loaded_and_its_schema_enforced(tmp_path):
+    items = hellaswag.load_items("sample")
+    assert len(items) == 24 and all(len(i.endings) == 4 and 0 <= int(i.label) < 4 for i in items)
+    assert hellaswag.load_items("sample", limit=5) == items[:5]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"ind": 0, "ctx": "x", "endings": ["a", "b"], "label": "0"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="activity_label"):
-        hellaswag.load_hellaswag(str(bad))
+        hellaswag.load_items(str(bad))
 
 
-def test_hellaswag_scores_match_one_item_at_a_time(base_and_perturbed):
-    """Batched, padded scoring picks the same endings as scoring each ending on its own."""
+def test_lm_eval_scores_the_local_items_as_a_direct_loglikelihood_would(base_and_perturbed):
+    """lm-eval's choice (acc) per item equals the ending with the highest summed log-likelihood, computed here."""
     import torch
 
     base, _ = base_and_perturbed
     model, tokenizer = retention.load_model(base, "float32", "cpu")
-    _, items = hellaswag.load_hellaswag("sample", limit=6)
-    acc, acc_norm = hellaswag.hellaswag_accuracy(model, tokenizer, items, batch_size=7)
+    items = hellaswag.load_items("sample", limit=6)
+    acc, acc_norm, n = hellaswag.lm_eval_accuracy(model, tokenizer, "sample", limit=6, batch_size=7)
     right = 0
     for item in items:
-        context, endings = hellaswag.hellaswag_choices(item)
-        start = len(tokenizer(context)["input_ids"])
+        doc = hellaswag.lm_eval_doc(item)
+        context = tokenizer(doc["query"])["input_ids"]
         scores = []
-        for ending in endings:
-            ids = tokenizer(context + ending)["input_ids"]
+        for choice in doc["choices"]:
+            whole = tokenizer(doc["query"] + " " + choice)["input_ids"]
             with torch.inference_mode():
-                log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
-            scores.append(sum(float(log_probs[t - 1, ids[t]]) for t in range(start, len(ids))))
-        right += max(range(4), key=scores.__getitem__) == int(item.label)
-    assert acc == right / len(items)
-    assert 0.0 <= acc_norm <= 1.0
+                log_probs = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].float(), -1)
+            scores.append(sum(float(log_probs[t - 1, whole[t]]) for t in range(len(context), len(whole))))
+        right += max(range(4), key=scores.__getitem__) == doc["gold"]
+    assert n == 6 and acc == pytest.approx(right / 6) and 0.0 <= acc_norm <= 1.0
 
 
-def test_hellaswag_relative_to_base(base_and_perturbed):
+def test_hellaswag_relative_to_base_and_offline_fallback_is_labelled(base_and_perturbed, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     base, perturbed = base_and_perturbed
-    same = run(base, base, hellaswag="sample").hellaswag
-    assert same.source == "sample" and same.items >= 20
-    assert same.acc_change == 0.0 and same.base_acc == same.model_acc
+    same = run(base, base, hellaswag="auto", hellaswag_limit=8).hellaswag
+    assert same.source == hellaswag.SAMPLE_LABEL and "not HellaSwag" in same.source and same.items == 8
+    assert same.acc_change == 0.0 and same.relative == pytest.approx(100.0)
     other = run(base, perturbed, hellaswag="sample", hellaswag_limit=8).hellaswag
-    assert other.items == 8 and other.acc_change == pytest.approx(other.model_acc - other.base_acc)
+    assert other.acc_change == pytest.approx(other.model_acc - other.base_acc)
+    assert other.relative == pytest.approx(100 * other.model_acc_norm / other.base_acc_norm)
+    assert run(base, perturbed, hellaswag="none").hellaswag is None
+
+
+def test_hellaswag_from_the_hub_offline_is_a_clear_error(base_and_perturbed, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base, _ = base_and_perturbed
+    with pytest.raises(RuntimeError, match="could not run lm-eval's hellaswag"):
+        run(base, base, hellaswag="hub", hellaswag_limit=2)
+
+
+def test_retention_across_tokens_a_fine_tune_added(tmp_path):
+    """The project's template adds <tool_call> tokens to a model that lacks them: compare on the base's vocabulary."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evals.models import load
+
+    base = plain_model(tmp_path / "plain")
+    model, tokenizer = load(str(base))  # no tool template: the project's is installed, tokens added, embeddings grown
+    assert len(tokenizer) > len(AutoTokenizer.from_pretrained(base))
+    model.save_pretrained(tmp_path / "grown")
+    tokenizer.save_pretrained(tmp_path / "grown")
+    report = run(str(base), str(tmp_path / "grown"))
+    assert "added token(s) are left out and its distribution renormalised" in report.vocabulary
+    assert report.divergence.kl == pytest.approx(0.0, abs=1e-6) and report.divergence.top1_agreement == 1.0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "grown").get_input_embeddings().weight.shape[0] == len(
+        tokenizer
+    )
+
+
+def test_unrelated_vocabularies_are_refused(base_and_perturbed, tmp_path):
+    base, _ = base_and_perturbed
+    with pytest.raises(ValueError, match="does not extend the base's"):
+        run(base, str(plain_model(tmp_path / "plain")))
+
+
+def test_the_base_is_the_model_the_run_started_from(tmp_path, base_and_perturbed):
+    import json
+    import shutil
+
+    base, perturbed = base_and_perturbed
+    run_dir = tmp_path / "run"
+    shutil.copytree(perturbed, run_dir / "model")
+    (run_dir / "run.json").write_text(json.dumps({"kind": "sft", "model": base, "world": {}}))
+    report = retention.main(retention.RetentionConfig(model=str(run_dir / "model"), max_new_tokens=4, hellaswag="none"))
+    assert report.base == base and report.divergence.kl > 0
+    with pytest.raises(ValueError, match="records no base"):
+        retention.main(retention.RetentionConfig(model=perturbed, hellaswag="none"))
+
+
+def plain_model(path):
+    """A tiny Llama whose byte-level tokenizer has no chat template and no tool-call tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(
+        ["a plain corpus of words"], trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"], show_progress=False)
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<eos>")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=1, num_key_value_heads=1, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def test_config_rejects_unknown_keys(tmp_path, capsys):

@@ -18,6 +18,7 @@ ENTRY_POINTS = {
     "evals.recall",
     "evals.retention",
     "evals.study",
+    "evals.finetune_study",
     "itl_env.serve_mcp",
 }
 

@@ -37,8 +37,9 @@ def test_template_passes_trl_checks(tokenizer):
     assert chat_template.is_training_compatible(tokenizer)
 
 
-def test_names_are_cut_into_letters_and_template_words_stay_whole(tokenizer):
-    # a name unseen in training must be made of the same pieces as a seen one, wherever it appears
+def test_names_and_values_are_pieces_and_template_words_stay_whole(tokenizer):
+    # a name unseen in training must be made of the same pieces as a seen one, wherever it appears; a value
+    # (copied from the tool result) is pieces too, not one token per occupation
     name = "Bartholomew Lehmann"
     letters = [*"Bartholomew", "Ġ", *"Lehmann"]
     question = tokenizer.tokenize(f"What is the occupation of {name}?")
@@ -47,7 +48,8 @@ def test_names_are_cut_into_letters_and_template_words_stay_whole(tokenizer):
     for tokens in (question, call, answer):
         start = tokens.index("B")
         assert tokens[start : start + len(letters)] == letters
-    assert "occupation" in question and "attribute" in call and "agent" in answer
+    assert "occupation" in question and "attribute" in call and "occupation" in answer
+    assert "agent" not in answer and "estate" not in answer and len(tokenizer.tokenize(" agent")) > 2
 
 
 @pytest.mark.parametrize("mode", ["in_tool", "in_weight"])
@@ -91,7 +93,7 @@ def test_sft_run_lowers_loss_and_checkpoint_reloads(tmp_path):
     assert sorted(p.name for p in out.glob("checkpoint-*"))  # checkpoints kept
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
-    assert tokenizer.chat_template == chat_template.CHAT_TEMPLATE
+    assert tokenizer.chat_template == chat_template.COMPACT_CHAT_TEMPLATE
     assert sum(p.numel() for p in model.parameters()) == result.parameters
     records = [json.loads(line) for line in (out / "records" / "final-train.jsonl").read_text().splitlines()]
     assert len(records) == 6 and {r["mode"] for r in records} == {"in_tool"}
@@ -267,7 +269,7 @@ def test_an_existing_world_gives_its_own_spec(tmp_path, file_sha256):
     )
     result = sft.main(script, training)
     started = json.loads((Path(result.run_dir) / "run.json").read_text())
-    assert started["world"]["spec"] == {"seed": 3, "people": 12, "unseen_people": 4, "alpha": 1.0}
+    assert started["world"]["spec"] | {} == WorldSpec(seed=3, people=12, unseen_people=4).model_dump()
     assert file_sha256(tmp_path / "mine.db") == before
     script, training = sft.parse([*plain, "--people", "50", "--world", str(tmp_path / "mine.db")])
     with pytest.raises(ValueError, match=r"people=50 \(the world has 12\); drop the option"):
@@ -284,4 +286,4 @@ def test_one_default_model_is_what_sft_trains():
     by_name, _ = load("default")
     assert DefaultModelConfig.of_width(script.hidden_size, script.layers) == DefaultModelConfig()
     count = sum(p.numel() for p in trained.parameters())
-    assert count == sum(p.numel() for p in by_name.parameters()) and 650_000 < count < 720_000
+    assert count == sum(p.numel() for p in by_name.parameters()) and 400_000 < count < 720_000

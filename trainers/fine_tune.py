@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from evals.evaluator import RecallEvaluator
+from evals.provenance import write_provenance
 from trainers import run_dir
 from trainers.hf_training import GracefulStop, ModelRecall, lora_config, progress_callback, train_and_finish
 from trainers.options import RunOptions, RunResult
@@ -86,7 +87,7 @@ def fine_tune(
         model, tokenizer = cfg.load_model(seed=training.seed)
         run_dir.prepare(out, resume=cfg.resume)  # only once the world and the model loaded
         run_dir.write_config(out, cfg, training)
-        run_dir.write_provenance(out, kind="sft", model=cfg.model, world=world)
+        write_provenance(out, kind="sft", model=cfg.model, world=world)
         metrics = run_dir.MetricsLog(out)
         dataset = sft_dataset(world, cfg, rows=rows_consumed(training))
         evaluator = RecallEvaluator(world, mode=cfg.mode, max_turns=cfg.max_turns, batch_size=cfg.eval_batch_size)
@@ -111,7 +112,7 @@ def fine_tune(
             args=training,
             train_dataset=dataset,
             processing_class=tokenizer,
-            peft_config=lora_config(cfg),
+            peft_config=lora_config(cfg, tokenizer),
             callbacks=[progress_callback(cfg, stop, recall, metrics, on_eval=should_stop), *callbacks],
         )
         trained, trainable, final, interrupted = train_and_finish(trainer, cfg, stop, recall, metrics, tokenizer, out)

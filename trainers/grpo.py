@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import Field
 
+from evals.provenance import provenance, write_provenance
 from trainers import run_dir
 from trainers.options import RunOptions, RunResult, parse_args
 
@@ -136,7 +137,7 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
         model, tokenizer = cfg.load_model(seed=training.seed)
         run_dir.prepare(out, resume=cfg.resume)  # only once the world and the model loaded
         run_dir.write_config(out, cfg, training)
-        run_dir.write_provenance(out, kind="grpo", model=cfg.model, world=world)
+        write_provenance(out, kind="grpo", model=cfg.model, world=world)
         metrics = run_dir.MetricsLog(out)
         facts = world.facts("train")
         if cfg.train_facts and cfg.train_facts < len(facts):
@@ -161,7 +162,7 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
             args=training,
             train_dataset=dataset,
             processing_class=tokenizer,
-            peft_config=lora_config(cfg),
+            peft_config=lora_config(cfg, tokenizer),
             callbacks=[progress_callback(cfg, stop, recall, metrics, on_log=keep_reward)],
             environment_factory=environment_factory(world, offer_tools=cfg.mode == "in_tool", max_turns=cfg.max_turns),
         )
@@ -192,7 +193,7 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
 
 def _on_the_models_world(cfg: GRPOScriptConfig) -> GRPOScriptConfig:
     """Without --world, a model of an earlier run continues on that run's world (its run.json names it)."""
-    info = run_dir.provenance(cfg.model) if cfg.world is None and Path(cfg.model).is_dir() else None
+    info = provenance(cfg.model) if cfg.world is None and Path(cfg.model).is_dir() else None
     if info is None:
         return cfg
     logger.info("training on the world of %s's run: %s", cfg.model, info["world"]["target"])
@@ -219,7 +220,7 @@ def _bound_tool_rounds(cfg: GRPOScriptConfig, training: Any) -> None:
 
 def _check_same_world(model: str, world_hash: str) -> None:
     """A model saved by trainers/sft.py or this script must be trained further on the world it was trained on."""
-    info = run_dir.provenance(model) if Path(model).is_dir() else None
+    info = provenance(model) if Path(model).is_dir() else None
     trained_on = info["world"]["content_hash"] if info else None
     if trained_on and trained_on != world_hash:
         raise ValueError(

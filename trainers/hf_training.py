@@ -22,16 +22,29 @@ logger = logging.getLogger(__name__)
 FINAL_KEYS = ("train_recall", "unseen_recall", "tool_call_rate", "parse_error_rate")
 
 
-def lora_config(cfg: RunOptions) -> Any:
-    """PEFT's LoRA config for ``cfg`` (None without ``--lora``)."""
+def lora_config(cfg: RunOptions, tokenizer: Any) -> Any:
+    """PEFT's LoRA config for ``cfg`` (None without ``--lora``).
+
+    The template's tokens (``<tool_call>``, ``</tool_call>`` and the turn markers) get trainable embedding rows:
+    a model given the project's template has just had them added, and under plain LoRA the embeddings are
+    frozen, so the tokens of every tool call would keep their random initial vectors.
+    """
     if not cfg.lora:
         return None
     from peft import LoraConfig
 
+    from itl_env.chat_template import template_token_ids
+
     targets: Any = (
         cfg.lora_target_modules if cfg.lora_target_modules == "all-linear" else cfg.lora_target_modules.split(",")
     )
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=targets, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        trainable_token_indices={"embed_tokens": template_token_ids(tokenizer)},
+    )
 
 
 class GracefulStop:

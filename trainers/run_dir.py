@@ -59,29 +59,6 @@ def write_config(path: Path, *sections: Any) -> Path:
     return configs.record(target, *sections)
 
 
-def write_provenance(path: Path, *, kind: str, model: str, world: Any) -> None:
-    """run.json: what the run started from (the model, the world and its hash), kept from the run's first start."""
-    target = path / "run.json"
-    if target.exists():
-        return
-    info = {
-        "kind": kind,
-        "model": model,
-        "world": {"target": world.target, "spec": world.spec.model_dump(), "content_hash": world.content_hash},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    target.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-
-
-def provenance(run_or_model: str | Path) -> dict[str, Any] | None:
-    """The run.json of a run directory, or of the run a model directory (``<run>/model``, a checkpoint) belongs to."""
-    for folder in (Path(run_or_model), Path(run_or_model).parent):
-        info = folder / "run.json"
-        if info.is_file():
-            return json.loads(info.read_text(encoding="utf-8"))
-    return None
-
-
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl``."""
 

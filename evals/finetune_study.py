@@ -1,0 +1,80 @@
+"""The paper's Section 6 on a pretrained model: fine-tune to recall N facts in-tool and in-weight, measure the cost.
+
+    python -m evals.finetune_study --preset cpu      # SmolLM2-135M-Instruct offline, both modes, 500 facts (2 CPU cores)
+    python -m evals.finetune_study --preset gpu      # the paper's settings: 500..10k facts, batch 128 (one H200)
+    python -m evals.finetune_study --preset cpu --published ../shared/reference/itl_large_scale_results.csv
+    python -m evals.finetune_study --preset tiny --out runs/finetune/tiny   # the plumbing, on a tiny model
+    itl-finetune-study --preset cpu                  # the same, installed command
+
+A preset is ``configs/finetune/<name>.yaml``; ``--config FILE`` replaces it; flags override either.
+Writes into ``runs/finetune/<preset>/`` (or ``--out``): per run a ``trainers/sft.py`` run directory
+with ``checkpoints.jsonl``; ``results.csv`` (one row per run), ``checkpoints.csv`` (one per measured
+step), ``table.md``, ``recall_vs_steps.png`` and ``kl_vs_facts.png`` (``--results`` copies them into
+the repository's ``results/``). Started again, it skips finished runs and resumes an interrupted one.
+What is measured and when runs stop: ``trainers.pretrained_study``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from trainers.pretrained_study import PretrainedStudyConfig, PretrainedStudyResult, run_study
+
+PROG = "python -m evals.finetune_study"
+
+
+def parse(argv: list[str] | None = None) -> PretrainedStudyConfig:
+    import configs
+
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default="cpu")
+    first.add_argument("--config")
+    known, _ = first.parse_known_args(argv)
+    preset = None
+    if known.config is None:
+        preset = configs.preset(f"finetune/{known.preset}.yaml")
+        if not preset.is_file():
+            names = ", ".join(sorted(p.stem for p in preset.parent.glob("*.yaml")))
+            configs.usage_error(PROG, f"no preset {known.preset!r}; known: {names}")
+
+    def preset_flag(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--preset", default=argparse.SUPPRESS, help="preset from configs/finetune/ (default: cpu)")
+
+    (cfg,) = configs.resolve(
+        [PretrainedStudyConfig],
+        argv,
+        prog=PROG,
+        description=__doc__,
+        defaults={"preset": known.preset} if preset is not None else {},
+        preset=preset,
+        skip={"preset"},
+        extra_flags=preset_flag,
+    )
+    return cfg
+
+
+def main(cfg: PretrainedStudyConfig) -> PretrainedStudyResult:
+    return run_study(cfg)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = parse(argv)
+    try:
+        result = main(cfg)
+    except KeyboardInterrupt:
+        sys.exit(f"{PROG}: interrupted; run the same command again to resume")
+    except (OSError, ValueError, RuntimeError) as err:
+        sys.exit(f"{PROG}: {err}")
+    print((Path(result.out) / "table.md").read_text(encoding="utf-8"))
+    print(json.dumps({"out": result.out, "wall_seconds": result.wall_seconds}, indent=2))
+
+
+if __name__ == "__main__":
+    cli()

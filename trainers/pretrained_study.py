@@ -1,0 +1,382 @@
+"""The paper's Section 6 on a pretrained model: in-tool learns facts without forgetting, in-weight erodes the model.
+
+For each (mode, number of facts) a pretrained model (SmolLM2-135M-Instruct offline) is fine-tuned
+through ``trainers.fine_tune`` (all weights by default, as in the paper; LoRA as an option) on the
+oracle's dialogs. Every ``eval_every`` steps (a checkpoint is kept there) it is measured: recall on
+a fixed sample of training facts and of unseen people (the environment, tools executed for real),
+KL / TV / NLL change from the base on the retention prompts (``evals.divergence``) and HellaSwag
+relative to the base (``evals.hellaswag``). A run stops once its training-fact recall reaches
+``target_recall`` (unseen people never decide it) or at its step budget. Then, on a counterfactual
+copy of its world (half the training facts changed), the share of answers giving the new value
+(from the tool) and the old one (from memory) is measured (``evals.faithfulness``).
+
+The command is ``python -m evals.finetune_study`` (``evals/finetune_study.py``). Each run's
+directory is a ``trainers/sft.py`` run directory plus ``checkpoints.jsonl`` (one row per measured
+step) and ``study_row.json`` (the run's row of the table); a finished run is skipped when the study
+is started again, an interrupted one resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import configs
+
+logger = logging.getLogger("trainers.pretrained_study")
+
+Mode = Literal["in_tool", "in_weight"]
+
+
+class PretrainedStudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field("cpu", description="preset name (configs/finetune/<preset>.yaml) and default output folder")
+    model: str = Field("smollm2-135m", description="the pretrained model: 'smollm2-135m' (offline), a path or hub id")
+    modes: list[Mode] = Field(default_factory=lambda: ["in_tool", "in_weight"], description="modes to study")
+    facts: list[int] = Field(default_factory=lambda: [500], description="numbers of training facts (4 per person)")
+    unseen_people: int = Field(100, ge=1, description="people never trained on (in-tool generalisation)")
+    world_seed: int = Field(0, description="seed of the worlds")
+    lora: bool = Field(False, description="train a LoRA adapter instead of all weights (the paper: all weights)")
+    learning_rate: dict[str, float] = Field(
+        default_factory=lambda: {"in_tool": 1e-4, "in_weight": 1e-3}, description="learning rate per mode"
+    )
+    epochs: dict[str, float] = Field(
+        default_factory=lambda: {"in_tool": 15, "in_weight": 30}, description="step budget per mode, in epochs"
+    )
+    max_steps: int | None = Field(None, ge=1, description="cap on every run's step budget (none: the epochs')")
+    batch_size: int = Field(8, ge=1, description="dialogs per device step")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_steps: int = Field(5, ge=0)
+    eval_every: int = Field(10, ge=1, description="steps between checkpoints (each measured, each kept)")
+    eval_sample: int = Field(100, ge=1, description="training facts (and unseen facts) sampled at each checkpoint")
+    final_eval_facts: int = Field(0, ge=0, description="facts per split in the final evaluation (0: all)")
+    target_recall: float = Field(0.99, gt=0, le=1, description="stop once training-fact recall reaches this")
+    bf16: bool = Field(False, description="bf16 autocast (CPU or GPU)")
+    max_new_tokens: int = Field(64, ge=1, description="tokens per assistant turn at evaluation")
+    eval_batch_size: int = Field(64, ge=1, description="episodes played in lockstep at evaluation")
+    retention_tokens: int = Field(32, ge=1, description="length of the base's continuations of the retention prompts")
+    retention_batch: int = Field(16, ge=1)
+    hellaswag: str = Field("auto", description="auto, hub, sample, none or a JSONL file (evals.hellaswag)")
+    hellaswag_limit: int | None = Field(200, ge=1, description="HellaSwag items per measurement")
+    faithfulness_sample: int = Field(200, ge=1, description="changed facts asked in the counterfactual world")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (none: torch's choice)")
+    out: str | None = Field(None, description="output folder (default: runs/finetune/<preset>)")
+    results: str | None = Field(None, description="also copy the tables to this folder (e.g. results/)")
+    published: str | None = Field(None, description="itl_large_scale_results.csv, to overlay the published rows")
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs/finetune") / self.preset
+
+    def budget(self, mode: str, facts: int) -> int:
+        """The run's step budget: its epochs over the facts at this batch size, capped by ``max_steps``."""
+        dialogs_per_step = self.batch_size * self.gradient_accumulation_steps
+        steps = math.ceil(self.epochs[mode] * facts / dialogs_per_step)
+        return max(1, min(steps, self.max_steps) if self.max_steps else steps)
+
+
+class CheckpointRow(BaseModel):
+    """One measured checkpoint of one run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: str
+    facts: int
+    step: int
+    train_recall: float
+    unseen_recall: float
+    kl: float
+    tv: float
+    nll_change: float
+    hellaswag_acc_norm: float | None
+    hellaswag_relative: float | None
+    seconds: float
+
+
+class StudyRow(BaseModel):
+    """One run's line of the table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: str
+    facts: int
+    steps: int
+    step_budget: int
+    steps_to_target: int | None = Field(description="first measured step with training recall >= target")
+    train_recall: float = Field(description="final evaluation, training facts")
+    unseen_recall: float = Field(description="final evaluation, unseen people")
+    kl: float
+    tv: float
+    nll_change: float
+    hellaswag_relative: float | None
+    hellaswag_source: str | None
+    faithful_tool: float = Field(description="counterfactual world: share answering the new value (the tool's)")
+    faithful_memory: float = Field(description="counterfactual world: share answering the old value (memory)")
+    wall_seconds: float
+
+
+class Measures:
+    """Everything measured against the base, built once: the base's continuations and its HellaSwag accuracy."""
+
+    def __init__(self, cfg: PretrainedStudyConfig):
+        from evals.divergence import DivergenceProbe
+        from evals.hellaswag import HellaSwagProbe
+        from evals.models import load_as_is
+
+        self.base, self.tokenizer = load_as_is(cfg.model)
+        self.base.eval()
+        self.divergence = DivergenceProbe(
+            self.base, self.tokenizer, max_new_tokens=cfg.retention_tokens, batch_size=cfg.retention_batch
+        )
+        self.hellaswag = (
+            None
+            if cfg.hellaswag == "none"
+            else HellaSwagProbe(
+                self.base, self.tokenizer, cfg.hellaswag, limit=cfg.hellaswag_limit, batch_size=cfg.retention_batch
+            )
+        )
+
+    def measure(self, model: Any, tokenizer: Any) -> dict[str, Any]:
+        """KL / TV / NLL change and HellaSwag of ``model`` (put in eval mode for it, then back)."""
+        training = model.training
+        model.eval()
+        try:
+            divergence, _ = self.divergence.measure(model, tokenizer)
+            swag = self.hellaswag.measure(model, tokenizer) if self.hellaswag is not None else None
+        finally:
+            model.train(training)
+        return {
+            "kl": divergence.kl,
+            "tv": divergence.tv,
+            "nll_change": divergence.nll_change,
+            "hellaswag_acc_norm": swag.model_acc_norm if swag else None,
+            "hellaswag_relative": swag.relative if swag else None,
+            "hellaswag_source": swag.source if swag else None,
+        }
+
+
+def run_dir(cfg: PretrainedStudyConfig, mode: str, facts: int) -> Path:
+    return cfg.out_dir() / "runs" / f"{mode}-f{facts}"
+
+
+def read_rows(path: Path) -> list[CheckpointRow]:
+    """A run's checkpoint rows, one per step (a step measured twice, e.g. around an interruption, keeps its last)."""
+    if not path.exists():
+        return []
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = CheckpointRow.model_validate_json(line)
+            rows[row.step] = row
+    return [rows[step] for step in sorted(rows)]
+
+
+def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measures) -> StudyRow:
+    """One (mode, facts) run: fine-tune, measure every checkpoint, stop on training recall, then faithfulness."""
+    from transformers import TrainerCallback
+    from trl import SFTConfig
+
+    from evals.faithfulness import counterfactual_world, faithfulness
+    from evals.policies import PolicyConfig, build_policy
+    from itl_env.world import open_or_build
+    from trainers.fine_tune import SFTScriptConfig, fine_tune
+
+    started = time.perf_counter()
+    out = run_dir(cfg, mode, facts)
+    finished = out / "study_row.json"
+    if finished.exists():
+        return StudyRow.model_validate_json(finished.read_text(encoding="utf-8"))
+    people = max(1, facts // 4)
+    worlds = cfg.out_dir() / "worlds"
+    world_path = worlds / f"world-{people}-{cfg.unseen_people}-{cfg.world_seed}.db"
+    world = open_or_build(world_path, people=people, unseen_people=cfg.unseen_people, seed=cfg.world_seed)
+    budget = cfg.budget(mode, facts)
+    dialogs = budget * cfg.batch_size * cfg.gradient_accumulation_steps
+    resume = (out / "config.yaml").exists()
+    script = SFTScriptConfig(
+        mode=mode,
+        model=cfg.model,
+        world=str(world_path),
+        lora=cfg.lora,
+        phrasings=max(1, math.ceil(dialogs / (4 * people))),  # enough oracle dialogs for the whole budget
+        eval_every=cfg.eval_every,
+        eval_sample=cfg.eval_sample,
+        final_eval_facts=cfg.final_eval_facts,
+        eval_batch_size=cfg.eval_batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        resume=resume,
+    )
+    training = SFTConfig(
+        output_dir=str(out),
+        max_steps=budget,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate[mode],
+        lr_scheduler_type="constant_with_warmup",  # runs stop at the target: a decay tied to the budget would not fit
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=0.0,
+        logging_steps=max(1, cfg.eval_every // 2),
+        save_strategy="steps",
+        save_steps=cfg.eval_every,
+        save_total_limit=1,
+        report_to="none",
+        assistant_only_loss=True,
+        max_length=1024,
+        seed=0,
+        bf16=cfg.bf16,
+        use_cpu=not _cuda(),
+        activation_checkpointing=False,
+        disable_tqdm=False,
+    )
+    rows_path = out / "checkpoints.jsonl"
+    recalls: dict[int, dict[str, float]] = {}
+    last_measured = [max((r.step for r in read_rows(rows_path)), default=0)]
+
+    def reached(step: int, summary: dict[str, float]) -> bool:
+        recalls[step] = summary
+        return summary["train_recall"] >= cfg.target_recall  # training facts only: unseen people never choose
+
+    class Measure(TrainerCallback):
+        """After the periodic recall (fine_tune's callback runs first), the same checkpoint against the base."""
+
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            summary = recalls.pop(state.global_step, None)
+            if summary is not None:
+                t0 = time.perf_counter()
+                row = CheckpointRow(
+                    mode=mode,
+                    facts=facts,
+                    step=state.global_step,
+                    train_recall=summary["train_recall"],
+                    unseen_recall=summary["unseen_recall"],
+                    seconds=0.0,
+                    **{
+                        k: v
+                        for k, v in measures.measure(model, kw["processing_class"]).items()
+                        if k != "hellaswag_source"
+                    },
+                )
+                row = row.model_copy(update={"seconds": round(time.perf_counter() - t0, 1)})
+                with rows_path.open("a", encoding="utf-8") as f:
+                    f.write(row.model_dump_json() + "\n")
+                last_measured[0] = state.global_step
+                logger.info(
+                    "%s f=%d step %d: recall %.3f / %.3f, KL %.4f",
+                    mode,
+                    facts,
+                    row.step,
+                    row.train_recall,
+                    row.unseen_recall,
+                    row.kl,
+                )
+
+    try:
+        result = fine_tune(script, training, callbacks=[Measure()], on_eval=reached)
+        if result.interrupted:
+            raise KeyboardInterrupt
+        final_model = out / "model"
+        policy_cfg = PolicyConfig(
+            model=str(final_model),
+            max_new_tokens=cfg.max_new_tokens,
+            hf_batch_size=cfg.eval_batch_size,
+            threads=cfg.threads,
+        )
+        end = measures.measure(*_load(final_model)) if last_measured[0] != result.steps else None
+        edited = counterfactual_world(world, worlds)
+        try:
+            policy = build_policy(policy_cfg, [] if mode == "in_weight" else _tools(world), cache_dir=out)
+            faithful = faithfulness(
+                policy,
+                world,
+                edited,
+                mode=mode,
+                sample=cfg.faithfulness_sample,
+                batch_size=cfg.eval_batch_size,
+                out=out / "records" / "faithfulness.jsonl",
+            )
+        finally:
+            edited.close()
+    finally:
+        world.close()
+    rows = read_rows(rows_path)
+    last = rows[-1] if rows else None
+    swag_source = measures.hellaswag.label if measures.hellaswag is not None else None
+    final = end or (last.model_dump() if last else {})
+    row = StudyRow(
+        mode=mode,
+        facts=facts,
+        steps=result.steps,
+        step_budget=budget,
+        steps_to_target=next((r.step for r in rows if r.train_recall >= cfg.target_recall), None),
+        train_recall=result.train_recall,
+        unseen_recall=result.unseen_recall,
+        kl=final.get("kl", 0.0),
+        tv=final.get("tv", 0.0),
+        nll_change=final.get("nll_change", 0.0),
+        hellaswag_relative=final.get("hellaswag_relative"),
+        hellaswag_source=swag_source,
+        faithful_tool=faithful.tool_rate,
+        faithful_memory=faithful.memory_rate,
+        wall_seconds=round(time.perf_counter() - started, 1),
+    )
+    finished.write_text(row.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return row
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _load(model_dir: Path) -> tuple[Any, Any]:
+    from evals.models import load_as_is
+
+    return load_as_is(str(model_dir))
+
+
+def _tools(world: Any) -> list[dict[str, Any]]:
+    from itl_env.fact_tools import fact_registry
+
+    return fact_registry(world).schemas()
+
+
+class PretrainedStudyResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    out: str
+    rows: list[StudyRow]
+    wall_seconds: float
+
+
+def run_study(cfg: PretrainedStudyConfig) -> PretrainedStudyResult:
+    """Every (mode, facts) run in turn (finished ones read back), then the tables and plots."""
+    import torch
+    from tqdm import tqdm
+
+    from evals.finetune_report import write_report
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    out = cfg.out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    configs.record(out / "config.yaml", cfg)
+    measures = Measures(cfg)
+    rows = []
+    runs = [(mode, facts) for facts in cfg.facts for mode in cfg.modes]
+    with tqdm(runs, desc="fine-tuning study", unit="run") as bar:
+        for mode, facts in bar:
+            bar.set_postfix_str(f"{mode} {facts} facts")
+            rows.append(train_run(cfg, mode, facts, measures))
+    checkpoints = [r for mode, facts in runs for r in read_rows(run_dir(cfg, mode, facts) / "checkpoints.jsonl")]
+    write_report(out, rows, checkpoints, cfg.published, cfg.results, cfg.preset)
+    result = PretrainedStudyResult(out=str(out), rows=rows, wall_seconds=round(time.perf_counter() - started, 1))
+    (out / "study.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n", encoding="utf-8")
+    return result

@@ -51,7 +51,9 @@ class PretrainedStudyConfig(BaseModel):
         default_factory=lambda: {"in_tool": 15, "in_weight": 30}, description="step budget per mode, in epochs"
     )
     max_steps: int | None = Field(None, ge=1, description="cap on every run's step budget (none: the epochs')")
-    batch_size: int = Field(8, ge=1, description="dialogs per device step")
+    batch_size: dict[str, int] = Field(
+        default_factory=lambda: {"in_tool": 8, "in_weight": 8}, description="dialogs per device step, per mode"
+    )
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_steps: int = Field(5, ge=0)
     eval_every: int = Field(10, ge=1, description="steps between checkpoints (each measured, each kept)")
@@ -76,7 +78,7 @@ class PretrainedStudyConfig(BaseModel):
 
     def budget(self, mode: str, facts: int) -> int:
         """The run's step budget: its epochs over the facts at this batch size, capped by ``max_steps``."""
-        dialogs_per_step = self.batch_size * self.gradient_accumulation_steps
+        dialogs_per_step = self.batch_size[mode] * self.gradient_accumulation_steps
         steps = math.ceil(self.epochs[mode] * facts / dialogs_per_step)
         return max(1, min(steps, self.max_steps) if self.max_steps else steps)
 
@@ -197,7 +199,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     world_path = worlds / f"world-{people}-{cfg.unseen_people}-{cfg.world_seed}.db"
     world = open_or_build(world_path, people=people, unseen_people=cfg.unseen_people, seed=cfg.world_seed)
     budget = cfg.budget(mode, facts)
-    dialogs = budget * cfg.batch_size * cfg.gradient_accumulation_steps
+    dialogs = budget * cfg.batch_size[mode] * cfg.gradient_accumulation_steps
     resume = (out / "config.yaml").exists()
     script = SFTScriptConfig(
         mode=mode,
@@ -215,7 +217,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     training = SFTConfig(
         output_dir=str(out),
         max_steps=budget,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.batch_size[mode],
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate[mode],
         lr_scheduler_type="constant_with_warmup",  # runs stop at the target: a decay tied to the budget would not fit

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from itl_env.env import ToolUseEnv
 from itl_env.rollout import Policy, RolloutResult, rollout
+from itl_env.tasks import Task
 from itl_env.world import SPLITS, Fact, World
 from tools.registry import ToolRegistry
 
@@ -60,7 +61,7 @@ class RecallEvaluator:
     def evaluate(
         self,
         policy: Policy,
-        facts: Sequence[Fact],
+        facts: Sequence[Fact | Task],
         *,
         out: str | Path | None = None,
         resume: bool = False,
@@ -117,3 +118,15 @@ class RecallEvaluator:
             )
         summary.setdefault("unseen_recall", 0.0)
         return summary | {key: value / max(episodes, 1) for key, value in pooled.items()}
+
+    def evaluate_tasks(
+        self, policy: Policy, tasks: Sequence[Task], *, out: Path | None = None, progress: bool = True
+    ) -> dict[str, float]:
+        """Accuracy per tool-task kind (exact scoring through the environment, tools executed for real)."""
+        records = self.evaluate(policy, tasks, out=out, progress=progress, desc="tool tasks").records
+        kinds: dict[str, list[bool]] = {}
+        for record in records:
+            kinds.setdefault(record.task, []).append(record.correct)
+        for kind, results in kinds.items():
+            logger.info("task %s: accuracy %.3f (%d tasks)", kind, sum(results) / len(results), len(results))
+        return {kind: sum(results) / len(results) for kind, results in sorted(kinds.items())}

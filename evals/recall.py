@@ -44,6 +44,11 @@ class RecallConfig(PolicyConfig):
     split: Literal["train", "unseen"] = Field("train", description="people asked about")
     mode: Literal["in_tool", "in_weight"] = Field("in_tool", description="offer the lookup tool or not")
     tool_format: Literal["hermes", "find"] = Field("hermes", description="tool-call text format the env parses")
+    tools: str | None = Field(None, description="registry factory 'module:callable' (none: the fact tools)")
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="evaluate these tool-task kinds (test phrasings, --limit per kind, default 50) instead of facts",
+    )
     limit: int | None = Field(None, ge=1, description="evaluate the first N facts of the split (none: all)")
     out: str = Field("results", description="output directory")
     resume: bool = Field(False, description="keep the records already in OUT and play only the missing facts")
@@ -67,12 +72,22 @@ def main(cfg: RecallConfig) -> RecallSummary:
     import configs
     from evals.evaluator import RecallEvaluator
     from itl_env.env import default_world
+    from itl_env.fact_tools import registry_for
+    from itl_env.tasks import make_tasks, task_kinds
     from itl_env.world import World
 
     world = World.open(cfg.world) if cfg.world else default_world()
     policy = None
     try:
-        facts = world.facts(cfg.split)[: cfg.limit]
+        registry = registry_for(world, cfg.tools)
+        if cfg.tasks:
+            facts = [
+                t
+                for i, kind in enumerate(task_kinds(cfg.tasks))
+                for t in make_tasks(kind, world, registry, cfg.limit or 50, seed=1000 + i, phrasing="test")
+            ]
+        else:
+            facts = world.facts(cfg.split)[: cfg.limit]
         if not facts:
             raise ValueError(f"the world at {world.target} has no {cfg.split} facts")
         out = Path(cfg.out)
@@ -81,6 +96,7 @@ def main(cfg: RecallConfig) -> RecallSummary:
         evaluator = RecallEvaluator(
             world,
             mode=cfg.mode,
+            registry=registry,
             tool_format=cfg.tool_format,
             max_turns=cfg.max_turns,
             batch_size=cfg.batch_size,

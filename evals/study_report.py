@@ -45,7 +45,7 @@ def published_thresholds(path: str | Path, target: float = 0.99) -> dict[tuple[s
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     has_published = any("published_params" in r for r in rows)
-    header = ["mode", "people", "facts", "threshold d", "params", "steps", "unseen recall*", "bits/param"]
+    header = ["mode", "people", "facts", "threshold d", "params", "steps", "unseen recall*", "faithful tool/memory"]
     header += ["published params", "ours / published"] if has_published else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
@@ -69,12 +69,104 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             cell(r["unseen_recall"], "{:.3f}")
             if r["threshold_params"]
             else cell(r["best_failing_unseen_recall"], "({:.3f})"),
-            cell(r["bits_per_param"], "{:.3f}"),
+            "-" if r.get("faithful_tool") is None else f"{r['faithful_tool']:.2f} / {r['faithful_memory']:.2f}",
         ]
         if has_published:
             values += [cell(r.get("published_params"), "{:,}"), cell(r.get("ratio_to_published"), "{:.2f}")]
         lines.append("| " + " | ".join(values) + " |")
     lines.append(
-        "\n*in-tool recall on unseen people: of the threshold model, or (in brackets) of the best run when none reached the target"
+        "\n*in-tool recall on unseen people: of the threshold model, or (in brackets) of the best run when none reached"
+        " the target. Faithful: in-tool threshold model on a counterfactual copy of its world (half the training facts"
+        " changed): share answering the new value (the tool's) / the old one (memory)."
     )
+    return "\n".join(lines)
+
+
+PUBLISHED_BITS_PER_PERSON = 31.25  # the paper's world: its information per person (4 facts)
+CAPACITY_ANCHOR = 2.0  # bits a parameter can store (the capacity-scaling anchor the paper compares with)
+
+
+def published_seed_shares(path: str | Path, target: float = 0.99) -> dict[tuple[str, int, int], tuple[int, int]]:
+    """(seeds reaching ``target``, seeds run) per (mode, people, width) of the paper's grid CSV."""
+    modes = {"qa": "in_weight", "qatool": "in_tool"}
+    shares: dict[tuple[str, int, int], tuple[int, int]] = {}
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            mode = modes.get(row["data.key"])
+            if mode is None:
+                continue
+            key = (mode, int(row["data.nb_data"]), int(row["model.emb_dim"]))
+            reached, seeds = shares.get(key, (0, 0))
+            shares[key] = (reached + (float(row["accuracy_best"]) >= target), seeds + 1)
+    return shares
+
+
+def least_squares_slope(points: list[tuple[float, float]]) -> float | None:
+    """The slope of the least-squares line through ``points`` (None for fewer than two distinct x)."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    n = len(points)
+    mean_x, mean_y = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+
+
+def capacity_report(rows: list[dict[str, Any]], published: str | Path | None, target: float) -> dict[str, Any]:
+    """Bits per parameter as the paper means it: information per fact over the slope of in-weight threshold params
+    vs facts (a least-squares fit), ours and published, beside the ~2 bits/param capacity anchor."""
+    ours = [(r["facts"], r["threshold_params"]) for r in rows if r["mode"] == "in_weight" and r["threshold_params"]]
+    slope = least_squares_slope(ours)
+    report: dict[str, Any] = {
+        "bits_per_person": round(4 * bits_per_fact(), 2),
+        "points": ours,
+        "params_per_fact": round(slope, 2) if slope else None,
+        "bits_per_param": round(bits_per_fact() / slope, 3) if slope and slope > 0 else None,
+        "published_bits_per_person": PUBLISHED_BITS_PER_PERSON,
+        "capacity_anchor_bits_per_param": CAPACITY_ANCHOR,
+    }
+    if published:
+        theirs = sorted(
+            (4 * p, params) for (m, p), params in published_thresholds(published, target).items() if m == "in_weight"
+        )
+        pub_slope = least_squares_slope(theirs)
+        report |= {
+            "published_points": theirs,
+            "published_params_per_fact": round(pub_slope, 2) if pub_slope else None,
+            "published_bits_per_param": round(PUBLISHED_BITS_PER_PERSON / 4 / pub_slope, 3) if pub_slope else None,
+        }
+    return report
+
+
+def capacity_text(report: dict[str, Any]) -> str:
+    ours = (
+        f"{report['params_per_fact']} params per fact (least-squares slope over {len(report['points'])} in-weight "
+        f"thresholds) -> {report['bits_per_param']} bits/param with {report['bits_per_person']} bits per person"
+        if report.get("params_per_fact")
+        else "too few in-weight thresholds for a slope"
+    )
+    lines = [f"Capacity: ours {ours}."]
+    if report.get("published_params_per_fact"):
+        lines.append(
+            f"Published: {report['published_params_per_fact']} params per fact over "
+            f"{len(report['published_points'])} thresholds -> {report['published_bits_per_param']} bits/param "
+            f"with {report['published_bits_per_person']} bits per person."
+        )
+    lines.append(f"Anchor: about {report['capacity_anchor_bits_per_param']:g} bits per parameter.")
+    return " ".join(lines)
+
+
+def seed_share_table(shares: list[dict[str, Any]]) -> str:
+    lines = [
+        "| mode | people | width | params | seeds reaching 0.99 | share | published share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in shares:
+        pub = (
+            "-"
+            if r["published_share"] is None
+            else f"{r['published_reached']}/{r['published_seeds']} = {r['published_share']:.1f}"
+        )
+        lines.append(
+            f"| {r['mode']} | {r['people']:,} | {r['emb_dim']} | {r['params']:,} | {r['reached']}/{r['seeds']} | "
+            f"{r['share']:.2f} | {pub} |"
+        )
     return "\n".join(lines)

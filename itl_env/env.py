@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import weakref
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,14 @@ from itl_env import dialogs
 from itl_env.fact_tools import fact_registry
 from itl_env.formats import ToolCallFormat, get_format
 from itl_env.scoring import AnswerScorer
+from itl_env.tasks import Task, TaskScorer
 from itl_env.text_space import AnyText
 from itl_env.world import SPLITS, Fact, World, WorldSpec, domain_vocabulary, ensure_world
 from tools.registry import ToolRegistry
 from tools.text import valid_text
 
 MAX_TEXT = 1 << 16
-RESET_OPTIONS = ("fact", "split", "variant")
+RESET_OPTIONS = ("fact", "task", "split", "variant")
 
 
 def default_world() -> World:
@@ -46,6 +48,16 @@ def default_world() -> World:
         or Path(tempfile.gettempdir()) / "itl" / f"default-{spec.seed}-{spec.people}-{spec.unseen_people}.db"
     )
     return ensure_world(spec, path)
+
+
+_TASK_SCORERS: weakref.WeakKeyDictionary[World, TaskScorer] = weakref.WeakKeyDictionary()
+
+
+def task_scorer(world: World) -> TaskScorer:
+    """The tool-task scorer over ``world``'s people (a list answer must name no one else)."""
+    if world not in _TASK_SCORERS:
+        _TASK_SCORERS[world] = TaskScorer(world.by_name)
+    return _TASK_SCORERS[world]
 
 
 @cache
@@ -92,6 +104,7 @@ class ToolUseEnv(gym.Env[str, str]):
         self.action_space = AnyText(max_length=MAX_TEXT)
         # the episode's state: set by reset, empty until then
         self.fact: Fact | None = None
+        self.task: Task | None = None
         self.turn = 0
         self.done = True
         self.messages: list[dict[str, Any]] = []
@@ -111,14 +124,25 @@ class ToolUseEnv(gym.Env[str, str]):
         return self._facts[split]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-        """Start an episode. ``options``: ``fact`` (a ``Fact``) or ``split``; ``variant`` picks the phrasing."""
+        """Start an episode. ``options``: ``fact`` (a ``Fact``), ``task`` (a tool ``Task``) or ``split``;
+        ``variant`` picks a fact question's phrasing."""
         super().reset(seed=seed)
-        fact, variant = self._episode(options or {})
-        self.fact = fact
+        options = options or {}
+        task = options.get("task") if isinstance(options, dict) else None
+        if task is not None:
+            if not isinstance(task, Task):
+                raise TypeError(
+                    f"reset option task must be a Task (itl_env.tasks.make_tasks), got {type(task).__name__}"
+                )
+            if set(options) - {"task"}:
+                raise ValueError("reset option task comes alone (a task fixes its own question)")
+            self.fact, self.task, question = None, task, task.question
+        else:
+            fact, variant = self._episode(options)
+            self.fact, self.task, question = fact, None, dialogs.question(fact.person, fact.attribute, variant)
         self.turn = 0
         self.done = False
         self.tool_calls, self.tool_results, self.parse_errors = [], [], []
-        question = dialogs.question(fact.person, fact.attribute, variant)
         self.messages = [{"role": "user", "content": question}]
         return question, self._info()
 
@@ -151,7 +175,7 @@ class ToolUseEnv(gym.Env[str, str]):
         return fact, variant
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        if self.fact is None or self.done:
+        if (self.fact is None and self.task is None) or self.done:
             raise RuntimeError("call reset() before step() (the episode is over or never started)")
         if not isinstance(action, str):
             raise TypeError(f"an action is the assistant's text, got {type(action).__name__}")
@@ -200,14 +224,17 @@ class ToolUseEnv(gym.Env[str, str]):
     def _finish(self, answer: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         self.messages.append({"role": "assistant", "content": answer})
         self.done = True
-        fact = self.fact
-        correct = self.scorer.is_correct(answer, fact.attribute, fact.value)
+        if self.task is not None:
+            correct = task_scorer(self.world).is_correct(answer, self.task.gold)
+        else:
+            correct = self.scorer.is_correct(answer, self.fact.attribute, self.fact.value)
         return "", float(correct), True, False, self._info(answer=answer, correct=correct)
 
     def _info(self, **extra: Any) -> dict[str, Any]:
         # copies: an info kept by the caller must not change when the episode goes on (messages are never mutated)
         return {
             "fact": self.fact,
+            "task": self.task,
             "messages": list(self.messages),
             "tools": self.tools,
             "turn": self.turn,

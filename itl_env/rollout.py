@@ -15,12 +15,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from itl_env.env import ToolUseEnv
 from itl_env.world import Fact
+
+if TYPE_CHECKING:
+    from itl_env.tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +39,10 @@ class FactRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fact_id: str
-    person: str
-    attribute: str
+    fact_id: str = Field(description="the fact's id (person:attribute), or the tool task's id")
+    task: str = Field("fact_recall", description="fact_recall, or the tool task's kind")
+    person: str | None = None
+    attribute: str | None = None
     split: str
     mode: str
     gold: str
@@ -122,7 +126,7 @@ def read_records(path: str | Path) -> list[FactRecord]:
 def rollout(
     policy: Policy,
     env_factory: Callable[[], ToolUseEnv],
-    facts: Iterable[Fact],
+    facts: Iterable[Fact | Task],
     *,
     mode: str,
     batch_size: int = 64,
@@ -164,7 +168,9 @@ def rollout(
                 while queue and free:
                     position, fact = queue.popleft()
                     env = free.pop()
-                    options: dict[str, Any] = {"fact": fact} if variant is None else {"fact": fact, "variant": variant}
+                    options: dict[str, Any] = {"fact": fact} if isinstance(fact, Fact) else {"task": fact}
+                    if variant is not None and isinstance(fact, Fact):
+                        options["variant"] = variant
                     env.reset(seed=seed * 1_000_003 + position, options=options)
                     live.append((env, position, []))
                 outputs = policy.generate([env.messages for env, _, _ in live])
@@ -202,16 +208,25 @@ def rollout(
 
 
 def _record(info: dict[str, Any], mode: str, truncated: bool, tokens: list[int]) -> FactRecord:
-    fact: Fact = info["fact"]
+    fact: Fact | None = info["fact"]
+    task = info.get("task")
+    if task is not None:
+        from itl_env.tasks import show
+
+        about: dict[str, Any] = {"fact_id": task.id, "task": task.kind, "split": task.split, "gold": show(task.gold)}
+    else:
+        about = {
+            "fact_id": fact.id,
+            "person": fact.person,
+            "attribute": fact.attribute.value,
+            "split": fact.split,
+            "gold": fact.value,
+        }
     first_call = info["tool_calls"][0] if info["tool_calls"] else None
     first_result = info["tool_results"][0] if info["tool_results"] else None
     return FactRecord(
-        fact_id=fact.id,
-        person=fact.person,
-        attribute=fact.attribute.value,
-        split=fact.split,
+        **about,
         mode=mode,
-        gold=fact.value,
         tool_called=first_call is not None,
         tool_name=first_call["name"] if first_call else None,
         tool_arguments=first_call["arguments"] if first_call else None,

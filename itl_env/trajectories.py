@@ -13,25 +13,33 @@ from typing import Any
 from itl_env.env import ToolUseEnv
 from itl_env.oracle import Mode, OraclePolicy
 from itl_env.rollout import rollout
+from itl_env.tasks import Task
 from itl_env.world import Fact, World
+from tools.registry import ToolRegistry
 
 
 def oracle_conversations(
     world: World,
-    facts: Sequence[Fact],
+    facts: Sequence[Fact | Task],
     mode: Mode,
     *,
     tool_format: str = "hermes",
+    registry: ToolRegistry | None = None,
     seed: int = 0,
     variant: int | None = None,
     progress: bool = False,
 ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
-    """(conversations, tools shown) of the oracle playing every fact once; ``seed`` draws each question's
-    phrasing, or ``variant`` fixes it."""
+    """(conversations, tools shown) of the oracle playing every fact (or tool task) once, the tools of
+    ``registry`` (default: the fact tools) offered; ``seed`` draws each fact question's phrasing, or ``variant``
+    fixes it."""
     offer_tools = mode == "in_tool"
-    env_factory = lambda: ToolUseEnv(world, tool_format=tool_format, offer_tools=offer_tools)  # noqa: E731
+
+    def env_factory() -> ToolUseEnv:
+        return ToolUseEnv(world, tool_format=tool_format, registry=registry, offer_tools=offer_tools)
+
+    tasks = [item for item in facts if isinstance(item, Task)]
     result = rollout(
-        OraclePolicy(world, mode, tool_format),
+        OraclePolicy(world, mode, tool_format, tasks=tasks),
         env_factory,
         facts,
         mode=mode,
@@ -52,13 +60,27 @@ def oracle_conversations(
 
 
 def sft_dataset(
-    world: World, facts: Sequence[Fact], mode: Mode, *, epochs: int = 1, tool_format: str = "hermes", seed: int = 0
+    world: World,
+    facts: Sequence[Fact],
+    mode: Mode,
+    *,
+    epochs: int = 1,
+    tool_format: str = "hermes",
+    seed: int = 0,
+    registry: ToolRegistry | None = None,
+    tasks: Sequence[Task] = (),
 ) -> Any:
-    """A ``datasets.Dataset`` of ``{"messages", "tools"}`` rows: every fact ``epochs`` times, phrased anew each time."""
+    """A ``datasets.Dataset`` of ``{"messages", "tools"}`` rows: every fact ``epochs`` times, phrased anew each
+    time, and every tool task once (the caller draws as many as it wants, in train phrasings)."""
     from datasets import Dataset
 
     rows = []
-    for epoch in range(epochs):
-        conversations, tools = oracle_conversations(world, facts, mode, tool_format=tool_format, seed=seed + epoch)
+    for epoch in range(epochs if facts else 0):
+        conversations, tools = oracle_conversations(
+            world, facts, mode, tool_format=tool_format, registry=registry, seed=seed + epoch
+        )
+        rows += [{"messages": c, "tools": tools or None} for c in conversations]
+    if tasks:
+        conversations, tools = oracle_conversations(world, tasks, mode, tool_format=tool_format, registry=registry)
         rows += [{"messages": c, "tools": tools or None} for c in conversations]
     return Dataset.from_list(rows)

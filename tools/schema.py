@@ -66,7 +66,7 @@ def arguments_model(fn: Callable[..., Any]) -> tuple[type[BaseModel], bool, str,
     if not fn.__doc__:
         raise ToolDefinitionError(f"tool {name!r} needs a docstring: it is the description the model reads")
     description, arg_docs, returns = parse_docstring(fn.__doc__)
-    hints = get_type_hints(fn)
+    hints = get_type_hints(fn, include_extras=True)  # keep Annotated constraints (Field(ge=...))
     params = list(inspect.signature(fn).parameters.values())
     if (
         len(params) == 1

@@ -13,6 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -26,8 +27,22 @@ from trainers.options import RunOptions, RunResult
 logger = logging.getLogger("trainers.sft")
 
 
+FACT_RECALL = "fact_recall"
+
+
 class SFTScriptConfig(RunOptions):
     """What to train and how to evaluate it (TRL's SFTConfig holds the optimisation settings)."""
+
+    tasks: list[str] = Field(
+        default_factory=lambda: [FACT_RECALL],
+        description="what the episodes ask: fact_recall and/or tool tasks (built in: who_was_born_in, "
+        "how_many_live_in, age_on, born_between, neighbours; or module:callable returning TaskKinds)",
+    )
+    task_examples: int = Field(200, ge=1, description="tool tasks: training dialogs per kind (train phrasings)")
+    task_eval: int = Field(50, ge=1, description="tool tasks: held-out tasks per kind (test phrasings)")
+    dataset: str | None = Field(
+        None, description="train on this dataset of {messages, tools} rows instead (a saved HF Dataset or JSONL)"
+    )
 
     phrasings: int = Field(4, ge=1, description="passes of oracle dialogs over the training facts, each phrased anew")
     stop_at_recall: float = Field(
@@ -89,9 +104,14 @@ def fine_tune(
         run_dir.write_config(out, cfg, training)
         write_provenance(out, kind="sft", model=cfg.model, world=world)
         metrics = run_dir.MetricsLog(out)
-        dataset = sft_dataset(world, cfg, rows=rows_consumed(training))
-        evaluator = RecallEvaluator(world, mode=cfg.mode, max_turns=cfg.max_turns, batch_size=cfg.eval_batch_size)
-        recall = ModelRecall(evaluator, tokenizer, cfg, out)
+        registry = cfg.registry(world)
+        train_tasks, test_tasks = tool_tasks(world, registry, cfg)
+        rows = rows_consumed(training)
+        dataset = load_dataset(cfg.dataset) if cfg.dataset else sft_dataset(world, cfg, rows, registry, train_tasks)
+        evaluator = RecallEvaluator(
+            world, mode=cfg.mode, registry=registry, max_turns=cfg.max_turns, batch_size=cfg.eval_batch_size
+        )
+        recall = ModelRecall(evaluator, tokenizer, cfg, out, facts=FACT_RECALL in cfg.tasks, tasks=test_tasks)
         stop = GracefulStop()
 
         def should_stop(step: int, summary: dict[str, float]) -> bool:
@@ -125,6 +145,7 @@ def fine_tune(
             steps=trainer.state.global_step,
             wall_seconds=round(time.perf_counter() - started, 1),
             interrupted=interrupted,
+            task_accuracy={k.removeprefix("task/"): v for k, v in final.items() if k.startswith("task/")},
             **{k: final[k] for k in ("train_recall", "unseen_recall", "tool_call_rate", "parse_error_rate")},
         )
         if trainer.is_world_process_zero():
@@ -134,11 +155,42 @@ def fine_tune(
         world.close()
 
 
-def sft_dataset(world: Any, cfg: SFTScriptConfig, rows: int | None) -> Any:
-    """The oracle's dialogs over every training fact, ``cfg.phrasings`` times, shuffled; cut to ``rows``."""
+def tool_tasks(world: Any, registry: Any, cfg: SFTScriptConfig) -> tuple[list[Any], list[Any]]:
+    """(training tasks in train phrasings, held-out tasks in test phrasings) of every tool-task kind asked for."""
+    from itl_env.tasks import make_tasks, task_kinds
+
+    kinds = task_kinds([t for t in cfg.tasks if t != FACT_RECALL])
+    train = [t for i, k in enumerate(kinds) for t in make_tasks(k, world, registry, cfg.task_examples, seed=10 + i)]
+    test = [
+        t
+        for i, k in enumerate(kinds)
+        for t in make_tasks(k, world, registry, cfg.task_eval, seed=1000 + i, phrasing="test")
+    ]
+    return train, test
+
+
+def load_dataset(path: str) -> Any:
+    """A dataset of ``{messages, tools}`` rows: a ``save_to_disk`` folder (e.g. STE's distilled data) or JSONL."""
+    import datasets
+
+    if Path(path).is_dir():
+        return datasets.load_from_disk(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no dataset at {path} (a save_to_disk folder or a JSONL file of messages/tools rows)")
+    return datasets.load_dataset("json", data_files=path, split="train")
+
+
+def sft_dataset(
+    world: Any, cfg: SFTScriptConfig, rows: int | None, registry: Any = None, tasks: Sequence[Any] = ()
+) -> Any:
+    """The oracle's dialogs over every training fact, ``cfg.phrasings`` times, and every training tool task,
+    shuffled; cut to ``rows``."""
     from itl_env.trajectories import sft_dataset as oracle_dataset
 
-    dataset = oracle_dataset(world, world.facts("train"), cfg.mode, epochs=cfg.phrasings, seed=1).shuffle(seed=0)
+    facts = world.facts("train") if FACT_RECALL in cfg.tasks else []
+    dataset = oracle_dataset(
+        world, facts, cfg.mode, epochs=cfg.phrasings, seed=1, registry=registry, tasks=tasks
+    ).shuffle(seed=0)
     if rows is not None and rows < len(dataset):
         # SFTTrainer tokenises every row up front; rows the run never reaches only cost start-up time.
         logger.info("training on the first %d of %d shuffled dialogs (what max_steps consumes)", rows, len(dataset))

@@ -143,7 +143,10 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
         if cfg.train_facts and cfg.train_facts < len(facts):
             facts = random.Random(training.seed).sample(facts, cfg.train_facts)
         dataset = grpo_dataset(facts, seed=training.seed)
-        evaluator = RecallEvaluator(world, mode=cfg.mode, max_turns=cfg.max_turns, batch_size=cfg.eval_batch_size)
+        registry = cfg.registry(world)
+        evaluator = RecallEvaluator(
+            world, mode=cfg.mode, registry=registry, max_turns=cfg.max_turns, batch_size=cfg.eval_batch_size
+        )
         recall = ModelRecall(evaluator, tokenizer, cfg, out)
         initial: dict[str, float] | None = None
         if cfg.initial_eval and not cfg.resume:
@@ -164,7 +167,9 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
             processing_class=tokenizer,
             peft_config=lora_config(cfg, tokenizer),
             callbacks=[progress_callback(cfg, stop, recall, metrics, on_log=keep_reward)],
-            environment_factory=environment_factory(world, offer_tools=cfg.mode == "in_tool", max_turns=cfg.max_turns),
+            environment_factory=environment_factory(
+                world, registry=registry, offer_tools=cfg.mode == "in_tool", max_turns=cfg.max_turns
+            ),
         )
         trained, trainable, final, interrupted = train_and_finish(trainer, cfg, stop, recall, metrics, tokenizer, out)
         result = GRPOResult(

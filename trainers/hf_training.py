@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,18 @@ class GracefulStop:
 class ModelRecall:
     """Recall of the model being trained: an HF policy over it, played by the run's one evaluator."""
 
-    def __init__(self, evaluator: RecallEvaluator, tokenizer: Any, cfg: RunOptions, out: Path):
+    def __init__(
+        self,
+        evaluator: RecallEvaluator,
+        tokenizer: Any,
+        cfg: RunOptions,
+        out: Path,
+        *,
+        facts: bool = True,
+        tasks: Sequence[Any] = (),
+    ):
         self.evaluator, self.tokenizer, self.cfg, self.records = evaluator, tokenizer, cfg, out / "records"
+        self.facts, self.tasks = facts, list(tasks)
 
     def __call__(self, model: Any, *, sample: int, tag: str) -> dict[str, float]:
         self.records.mkdir(parents=True, exist_ok=True)
@@ -84,7 +94,13 @@ class ModelRecall:
             max_new_tokens=self.cfg.max_new_tokens,
             batch_size=self.cfg.eval_batch_size,
         )
-        return self.evaluator.evaluate_splits(policy, sample=sample, tag=tag, records_dir=self.records)
+        summary = dict.fromkeys(FINAL_KEYS, 0.0)
+        if self.facts:
+            summary = self.evaluator.evaluate_splits(policy, sample=sample, tag=tag, records_dir=self.records)
+        if self.tasks:
+            accuracy = self.evaluator.evaluate_tasks(policy, self.tasks, out=self.records / f"{tag}-tasks.jsonl")
+            summary |= {f"task/{kind}": value for kind, value in accuracy.items()}
+        return summary
 
 
 def progress_callback(

@@ -37,7 +37,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import configs
-from evals.study_report import bits_per_fact, markdown_table, published_thresholds, write_csv
+from evals.study_report import (
+    bits_per_fact,
+    capacity_report,
+    capacity_text,
+    markdown_table,
+    published_seed_shares,
+    published_thresholds,
+    seed_share_table,
+    write_csv,
+)
 from trainers.launch import Launcher, SlurmConfig
 from trainers.nanollama.run import PretrainConfig, RunSummary, check_shape, finished_summary
 from trainers.nanollama.train import TrainConfig
@@ -66,6 +75,11 @@ class StudyConfig(BaseModel):
         "on a CPU separate runs are faster, and without it a width stops at its first passing seed)",
     )
     chain: bool = Field(True, description="search people counts of a mode in order, each from the last threshold")
+    grid: dict[Mode, dict[int, list[int]]] | None = Field(
+        None,
+        description="a fixed grid instead of the search: mode -> people -> widths, every seed of every width run "
+        "(what seed success rates need); sets modes, people and emb_dims",
+    )
     unseen_people: int = Field(64, ge=0, description="unseen people for in-tool generalisation")
     world_seed: int = 0
     tool_format: Literal["find", "hermes"] = "find"
@@ -82,6 +96,10 @@ class StudyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
+        if self.grid:
+            self.modes = list(self.grid)
+            self.people = sorted({p for cells in self.grid.values() for p in cells})
+            self.emb_dims = sorted({d for cells in self.grid.values() for widths in cells.values() for d in widths})
         if self.emb_dims != sorted(set(self.emb_dims)):
             raise ValueError("emb_dims must be ascending and distinct")
         shape = {k: PretrainConfig.model_fields[k].default for k in ("n_layers", "n_heads")}
@@ -163,6 +181,25 @@ class SizeSearch:
 
 
 # -- the study ------------------------------------------------------------------------------------
+class FixedWidths:
+    """The grid's widths of one (mode, people), every one tried (``SizeSearch``'s interface)."""
+
+    def __init__(self, indices: list[int]):
+        self.indices = sorted(indices)
+        self.results: dict[int, bool] = {}
+
+    def next(self) -> int | None:
+        return next((i for i in self.indices if i not in self.results), None)
+
+    def record(self, index: int, passed: bool) -> None:
+        self.results[index] = passed
+
+    @property
+    def threshold(self) -> int | None:
+        passing = [i for i, ok in self.results.items() if ok]
+        return min(passing) if passing else None
+
+
 class StudyResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -174,6 +211,8 @@ class StudyResult(BaseModel):
     cpu_seconds: float = Field(description="sum of the CPU time of every run: the cost on an unloaded machine")
     thresholds: list[dict[str, Any]]
     shape: dict[str, float | None]
+    seed_shares: list[dict[str, Any]] = Field(default_factory=list)
+    capacity: dict[str, Any] = Field(default_factory=dict)
 
 
 class Study:
@@ -182,7 +221,11 @@ class Study:
         self.launcher = launcher or Launcher(cfg)
         self.summaries: dict[tuple[str, int, int, int], RunSummary] = {}
         self.launched = self.reused = 0
-        self.searches: dict[tuple[str, int], SizeSearch] = {}
+        self.searches: dict[tuple[str, int], SizeSearch | FixedWidths] = {}
+        self.submitted: set[tuple[str, int, int, int]] = set()
+        for mode, cells in (cfg.grid or {}).items():
+            for people, widths in cells.items():
+                self.searches[(mode, people)] = FixedWidths([cfg.emb_dims.index(d) for d in widths])
 
     def _start(self, mode: str, people: int) -> tuple[int, int] | None:
         """(start index, floor) of the search for (mode, people), or None while its chain predecessor runs."""
@@ -201,9 +244,11 @@ class Study:
         return previous.threshold, previous.threshold
 
     def _trial_passed(self, mode: str, people: int, index: int) -> bool | None:
-        """Whether any seed of this width passed (None while a seed is still to run)."""
+        """Whether any seed of this width passed (None while a seed is still to run; on a grid, every seed runs)."""
         d = self.cfg.emb_dims[index]
         results = [self.summaries.get((mode, people, d, s)) for s in self.cfg.seeds]
+        if self.cfg.grid and any(r is None for r in results):
+            return None
         if any(r is not None and r.reached_target for r in results):
             return True
         return None if any(r is None for r in results) else False
@@ -228,7 +273,7 @@ class Study:
         bar = tqdm(desc="study runs", unit="run")
         try:
             while True:
-                self._schedule(in_flight, busy)
+                (self._schedule_grid if cfg.grid else self._schedule)(in_flight, busy)
                 if not in_flight:
                     if all(self._search_done(m, p) for m in cfg.modes for p in cfg.people):
                         break
@@ -292,6 +337,29 @@ class Study:
                     self.launched += len(runs)
                     busy.add((mode, people))
 
+    def _schedule_grid(self, in_flight: dict[Future, list[tuple[str, int, int, int]]], _busy: set) -> None:
+        """Every trial of the grid is independent: reuse finished runs, submit the rest while slots are free."""
+        for (mode, people), cells in sorted(self.searches.items()):
+            for index in cells.indices:
+                d = self.cfg.emb_dims[index]
+                seeds = [s for s in self.cfg.seeds if (mode, people, d, s) not in self.submitted]
+                groups = [seeds] if self.cfg.stack_seeds and seeds else [[s] for s in seeds]
+                for group in groups:
+                    runs = [self.cfg.run_config(mode, people, d, seed) for seed in group]
+                    done = [(run, finished_summary(run)) for run in runs]
+                    if all(summary is not None for _, summary in done):
+                        for run, summary in done:
+                            self.submitted.add((mode, people, d, run.train.seed))
+                            self.reused += 1
+                            self._record((mode, people, d, run.train.seed), summary)
+                        continue
+                    if len(in_flight) >= self.launcher.slots:
+                        return
+                    keys = [(mode, people, d, seed) for seed in group]
+                    self.submitted.update(keys)
+                    in_flight[self.launcher.submit(runs)] = keys
+                    self.launched += len(runs)
+
     def _record(self, key: tuple[str, int, int, int], summary: RunSummary) -> None:
         mode, people, d, _ = key
         self.summaries[key] = summary
@@ -303,15 +371,18 @@ class Study:
 
     def _prepare_worlds(self) -> None:
         """Build each world once here, so parallel runs never race to write the same file."""
+        from evals.faithfulness import counterfactual_world
         from itl_env.world import WorldSpec, ensure_world
 
         for people in self.cfg.people:
             run = self.cfg.run_config(self.cfg.modes[0], people, self.cfg.emb_dims[0], self.cfg.seeds[0])
             Path(run.world_dir).mkdir(parents=True, exist_ok=True)
             spec = WorldSpec(seed=run.world_seed, people=people, unseen_people=run.unseen_people)
-            ensure_world(
+            world = ensure_world(
                 spec, Path(run.world_dir) / f"world-s{run.world_seed}-p{people}-u{run.unseen_people}.db"
-            ).close()
+            )
+            counterfactual_world(world, run.world_dir).close()  # what in-tool runs are asked on afterwards
+            world.close()
 
     # -- outputs ------------------------------------------------------------------------------------
     def _write_results(self) -> None:
@@ -354,12 +425,42 @@ class Study:
                     "bits_per_param": round(4 * people * bits / best.params, 4)
                     if best and mode == "in_weight"
                     else None,
+                    "faithful_tool": best.faithful_tool if best else None,
+                    "faithful_memory": best.faithful_memory if best else None,
                 }
                 if published:
                     pub = published.get((mode, people))
                     row["published_params"] = pub
                     row["ratio_to_published"] = round(best.params / pub, 3) if best and pub else None
                 rows.append(row)
+        return rows
+
+    def seed_shares(self) -> list[dict[str, Any]]:
+        """Per (mode, people, width) tried: the share of seeds reaching the target, beside the published share."""
+        published = (
+            published_seed_shares(self.cfg.published, self.cfg.train.target_recall) if self.cfg.published else {}
+        )
+        cells: dict[tuple[str, int, int], list[RunSummary]] = {}
+        for (mode, people, d, _), summary in sorted(self.summaries.items()):
+            cells.setdefault((mode, people, d), []).append(summary)
+        rows = []
+        for (mode, people, d), runs in cells.items():
+            passed = sum(r.reached_target for r in runs)
+            pub = published.get((mode, people, d))
+            rows.append(
+                {
+                    "mode": mode,
+                    "people": people,
+                    "emb_dim": d,
+                    "params": runs[0].params,
+                    "seeds": len(runs),
+                    "reached": passed,
+                    "share": round(passed / len(runs), 3),
+                    "published_seeds": pub[1] if pub else None,
+                    "published_reached": pub[0] if pub else None,
+                    "published_share": round(pub[0] / pub[1], 3) if pub else None,
+                }
+            )
         return rows
 
     def shape(self, rows: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -384,7 +485,14 @@ class Study:
         self._write_results()
         rows = self.thresholds()
         write_csv(out / "thresholds.csv", rows)
-        (out / "thresholds.md").write_text(markdown_table(rows) + "\n", encoding="utf-8")
+        shares = self.seed_shares()
+        capacity = capacity_report(rows, self.cfg.published, self.cfg.train.target_recall)
+        tables = [markdown_table(rows)]
+        if shares:
+            write_csv(out / "seed_shares.csv", shares)
+            tables.append(seed_share_table(shares))
+        tables.append(capacity_text(capacity))
+        (out / "thresholds.md").write_text("\n\n".join(tables) + "\n", encoding="utf-8")
         result = StudyResult(
             out=str(out),
             launched=self.launched,
@@ -394,6 +502,8 @@ class Study:
             cpu_seconds=round(sum(s.cpu_seconds for s in self.summaries.values()), 1),
             thresholds=rows,
             shape=self.shape(rows),
+            seed_shares=shares,
+            capacity=capacity,
         )
         (out / "study.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
         try:

@@ -53,6 +53,11 @@ class RunOptions(BaseModel):
     eval_batch_size: int = Field(128, ge=1, description="episodes played in lockstep during evaluation")
     max_new_tokens: int = Field(96, ge=1, description="tokens generated per assistant turn at evaluation")
     max_turns: int = Field(3, ge=1, description="assistant turns per episode before it is truncated")
+    tools: str | None = Field(
+        None,
+        description="registry factory 'module:callable' called with the world (none: the fact tools; the people "
+        "suite: itl_env.people_tools:registry)",
+    )
     lora: bool = Field(False, description="train a LoRA adapter (PEFT) instead of all weights")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha")
@@ -63,6 +68,12 @@ class RunOptions(BaseModel):
     def open_world(self) -> World:
         """The run's world: the one at ``world`` (its file records its spec), or built from the world options."""
         return open_or_build(self.world, people=self.people, unseen_people=self.unseen_people, seed=self.world_seed)
+
+    def registry(self, world: World) -> Any:
+        """The tools the run's episodes offer (``--tools``)."""
+        from itl_env.fact_tools import registry_for
+
+        return registry_for(world, self.tools)
 
     def load_model(self, seed: int) -> tuple[Any, Any]:
         """(model, tokenizer); the embedded default model is built from the size options and ``seed``."""
@@ -129,9 +140,11 @@ class RunResult(BaseModel):
     tool_call_rate: float
     parse_error_rate: float
     interrupted: bool = False
+    task_accuracy: dict[str, float] = Field(default_factory=dict, description="tool tasks: accuracy per kind (test)")
 
     def rows(self) -> list[tuple[str, str]]:
-        return [
+        tasks = [(f"tool task {kind} (test phrasings)", f"{acc:.3f}") for kind, acc in self.task_accuracy.items()]
+        return tasks + [
             ("mode", self.mode),
             ("model", self.model),
             ("parameters", f"{self.parameters:,}"),

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -100,6 +100,12 @@ class RunSummary(BaseModel):
     wall_seconds: float
     cpu_seconds: float = Field(description="CPU time of the run's process (all threads): load-independent cost")
     dialogs: int
+    faithful_tool: float | None = Field(
+        None, description="in-tool, counterfactual world: share answering the new value"
+    )
+    faithful_memory: float | None = Field(
+        None, description="in-tool, counterfactual world: share answering the old one"
+    )
     mean_dialog_tokens: float
 
 
@@ -266,6 +272,20 @@ class _Data:
 
         return evaluate
 
+    def faithfulness(self, cfg: PretrainConfig, model) -> Any:
+        """The trained model on the world's counterfactual copy: does it answer from the tool or from memory?"""
+        from evals.faithfulness import counterfactual_world, faithfulness
+
+        edited = counterfactual_world(self.world, cfg.world_dir)
+        try:
+            out = cfg.run_dir() / "records_faithfulness.jsonl"
+            return faithfulness(
+                self.policy(cfg, model), self.world, edited, mode=cfg.mode, tool_format=cfg.tool_format, max_turns=4,
+                sample=512, batch_size=512, out=out,
+            )  # fmt: skip
+        finally:
+            edited.close()
+
     def finish(self, cfg: PretrainConfig, model, result: TrainResult, start, start_cpu, share: int = 1) -> RunSummary:
         """Score the trained model on unseen people (in-tool runs by default) and write ``summary.json``."""
         eval_unseen = cfg.eval_unseen if cfg.eval_unseen is not None else cfg.mode == "in_tool"
@@ -275,8 +295,13 @@ class _Data:
             out = cfg.run_dir() / "records_unseen.jsonl"
             unseen = self.recall(cfg).evaluate(self.policy(cfg, model), self.world.facts("unseen"), out=out)
             unseen = unseen.summary.recall
+        faithful = self.faithfulness(cfg, model) if cfg.mode == "in_tool" and result.reached_target else None
         train_recall = result.evals[-1].recall if result.evals else float("nan")
         summary = _summary(cfg, self, result, train_recall, unseen, start, start_cpu, share)
+        if faithful is not None:
+            summary = summary.model_copy(
+                update={"faithful_tool": faithful.tool_rate, "faithful_memory": faithful.memory_rate}
+            )
         (cfg.run_dir() / "summary.json").write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
         return summary
 

@@ -13,6 +13,7 @@ checkpointing on). Dialogs per step are counted from the batches (rows, or posit
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -100,7 +101,7 @@ def attention_stays_in_dialog(options: dict, dataset) -> bool:
     model, tokenizer = build()
     model.eval()
     a, b = (
-        tokenizer.apply_chat_template(dataset[i]["messages"], tools=dataset[i]["tools"], return_dict=False)
+        tokenizer.apply_chat_template(dataset[i]["messages"], tools=json.loads(dataset[i]["tools"]), return_dict=False)
         for i in (0, 1)
     )
     with torch.no_grad():

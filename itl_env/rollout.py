@@ -82,6 +82,9 @@ class RolloutResult(BaseModel):
     records: list[FactRecord]
     summary: RolloutSummary
     conversations: list[list[dict[str, Any]]] | None = None
+    tool_results: list[list[dict[str, Any]]] | None = Field(
+        None, description="with keep_conversations: each episode's tool results (name, ok, content), in call order"
+    )
 
 
 def summarise(
@@ -154,7 +157,7 @@ def rollout(
             out.unlink()
     done = {r.fact_id for r in previous}
     queue = deque((i, f) for i, f in enumerate(facts) if f.id not in done)
-    results: dict[int, tuple[FactRecord, list[dict[str, Any]]]] = {}
+    results: dict[int, tuple[FactRecord, list[dict[str, Any]], list[dict[str, Any]]]] = {}
     envs = [env_factory() for _ in range(min(batch_size, len(queue)))]
     live: list[tuple[ToolUseEnv, int, list[int]]] = []  # (env, fact position, tokens per turn)
     free = list(envs)
@@ -185,7 +188,8 @@ def rollout(
                         still.append((env, position, tokens))
                         continue
                     record = _record(info, mode, truncated, tokens)
-                    results[position] = (record, list(env.messages) if keep_conversations else [])
+                    kept = (list(env.messages), list(env.tool_results)) if keep_conversations else ([], [])
+                    results[position] = (record, *kept)
                     if sink is not None:
                         sink.write(record.model_dump_json() + "\n")
                         sink.flush()
@@ -198,12 +202,13 @@ def rollout(
         for env in envs:
             env.close()
     ordered = [results[i] for i in sorted(results)]
-    played = [r for r, _ in ordered]
+    played = [r for r, _, _ in ordered]
     records = previous + played
     return RolloutResult(
         records=records,
         summary=summarise(records, time.perf_counter() - start, played),
-        conversations=[c for _, c in ordered] if keep_conversations else None,
+        conversations=[c for _, c, _ in ordered] if keep_conversations else None,
+        tool_results=[t for _, _, t in ordered] if keep_conversations else None,
     )
 
 

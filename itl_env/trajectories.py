@@ -7,6 +7,7 @@ carries the tools the environment offered (none for in_weight).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +60,28 @@ def oracle_conversations(
     return result.conversations or [], tools
 
 
+def training_row(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """One ``{messages, tools}`` dataset row, with tool-call arguments and the tools as JSON text: Arrow would
+    otherwise merge the argument objects of different tools into one struct (every call gaining the others'
+    keys as nulls). The chat template writes a JSON-text argument as is; TRL decodes the tools."""
+    written = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            calls = [
+                {**call, "function": {**call["function"], "arguments": _json(call["function"]["arguments"])}}
+                for call in calls
+            ]
+            message = {**message, "tool_calls": calls}
+        written.append(message)
+    return {"messages": written, "tools": json.dumps(tools) if tools else None}
+
+
+def _json(arguments: Any) -> str:
+    # exactly HermesFormat's json.dumps, so the template's text equals what the environment parses
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
 def sft_dataset(
     world: World,
     facts: Sequence[Fact],
@@ -79,8 +102,8 @@ def sft_dataset(
         conversations, tools = oracle_conversations(
             world, facts, mode, tool_format=tool_format, registry=registry, seed=seed + epoch
         )
-        rows += [{"messages": c, "tools": tools or None} for c in conversations]
+        rows += [training_row(c, tools) for c in conversations]
     if tasks:
         conversations, tools = oracle_conversations(world, tasks, mode, tool_format=tool_format, registry=registry)
-        rows += [{"messages": c, "tools": tools or None} for c in conversations]
+        rows += [training_row(c, tools) for c in conversations]
     return Dataset.from_list(rows)

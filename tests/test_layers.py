@@ -20,6 +20,7 @@ ENTRY_POINTS = {
     "evals.study",
     "evals.finetune_study",
     "itl_env.serve_mcp",
+    "trainers.ste.__main__",
 }
 
 

@@ -1,0 +1,160 @@
+"""STE: long- and short-term memory reach the explorer, the distillation filters, replay mixing, the pipeline."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from itl_env.people_tools import registry
+from trainers.ste.distill import distill, is_grounded, verdict
+from trainers.ste.explore import Episode, explore, parse_query
+from trainers.ste.memory import LongTermMemory, Trial
+from trainers.ste.pipeline import round_data
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory):
+    from itl_env.world import WorldSpec, build_world
+
+    world = build_world(WorldSpec(seed=1, people=30, unseen_people=2), tmp_path_factory.mktemp("ste") / "w.db")
+    yield world, registry(world)
+    world.close()
+
+
+class Proposer:
+    """An explorer that proposes a question naming how many explored queries its prompt showed it."""
+
+    def __init__(self, world):
+        self.world, self.prompts = world, []
+
+    def generate(self, conversations):
+        replies = []
+        for conversation in conversations:
+            text = conversation[-1]["content"]
+            self.prompts.append(text)
+            if text.startswith("Question:"):  # a reflection: judge every answer unsatisfying
+                replies.append("no")
+                continue
+            shown = len(re.findall(r"^- ", text, re.M))
+            city = self.world.rows[shown]["current_address"]
+            replies.append(f"How many people live in {city}?")
+        return replies
+
+
+class Player:
+    """Plays trials: says it does not know the first time, calls count_people once it sees earlier attempts."""
+
+    def __init__(self):
+        self.questions = []
+
+    def generate(self, conversations):
+        replies = []
+        for conversation in conversations:
+            question = conversation[0]["content"]
+            self.questions.append(question)
+            if conversation[-1]["role"] == "tool":
+                replies.append(f"There are {conversation[-1]['content']}.")
+            elif "Earlier attempts" in question:
+                city = question.rsplit(" in ", 1)[1].rstrip("?")
+                call = {"name": "count_people", "arguments": {"attribute": "current_address", "value": city}}
+                replies.append(f"<tool_call>\n{json.dumps(call)}\n</tool_call>")
+            else:
+                replies.append("I do not know.")
+        return replies
+
+
+def test_long_term_memory_changes_what_is_proposed(people, tmp_path):
+    world, tools = people
+    proposer = Proposer(world)
+    episodes = explore(world, tools, ["count_people"], imagine=proposer, trial_policy=lambda s: Player(), out=tmp_path,
+                       episodes=3, trials=1, batch=1, recent=8, progress=False)  # fmt: skip
+    first, second = [p for p in proposer.prompts if not p.startswith("Question:")][:2]
+    assert "already explored" not in first and f"- {episodes[0].query}" in second
+    assert len({e.query for e in episodes}) == 3  # each proposal saw one more explored query
+    again = LongTermMemory(tmp_path / "memory.jsonl")  # a resumed exploration remembers them
+    assert [q for q, _ in again.recent("count_people", 8)] == [e.query for e in episodes]
+
+
+def test_short_term_memory_reaches_the_next_trial(people, tmp_path):
+    world, tools = people
+    player = Player()
+    (episode,) = explore(world, tools, ["count_people"], imagine=Proposer(world), trial_policy=lambda s: player,
+                         out=tmp_path, episodes=1, trials=2, batch=1, progress=False)  # fmt: skip
+    assert len(episode.trials) == 2 and not episode.trials[0].calls and episode.trials[1].calls
+    second_trial = [q for q in player.questions if "Earlier attempts" in q]
+    assert second_trial and "no tool call; answer: I do not know.; judged not satisfied" in second_trial[0]
+    assert episode.messages[0]["content"] == episode.query  # the kept dialog asks the plain query
+    assert verdict(episode) == "kept"
+
+
+def episode(tool, query, calls, results, answer):
+    messages = [{"role": "user", "content": query}]
+    if calls:
+        messages.append(
+            {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": c} for c in calls]}
+        )
+        messages += [{"role": "tool", "name": r["name"], "content": r["content"]} for r in results]
+    messages.append({"role": "assistant", "content": answer})
+    trial = Trial(calls=calls, results=results, answer=answer, satisfied=True)
+    return Episode(
+        tool=tool,
+        index=0,
+        query=query,
+        proposal=query,
+        trials=[trial],
+        satisfied=True,
+        messages=messages,
+        duplicate=False,
+    )
+
+
+def test_distillation_drops_failed_and_ungrounded_trajectories(people):
+    _, tools = people
+    call = {"name": "count_people", "arguments": {"attribute": "current_address", "value": "Lisbon"}}
+    ok = {"name": "count_people", "ok": True, "content": "3"}
+    failed = {"name": "count_people", "ok": False, "content": "invalid arguments"}
+    episodes = [
+        episode("count_people", "How many live in Lisbon?", [call], [ok], "3 people live in Lisbon."),
+        episode("count_people", "How many live in Lisbon?", [call], [ok], "Three, I think: 3."),  # a duplicate
+        episode("count_people", "How many live in Porto?", [call], [failed], "3 people."),
+        episode("count_people", "How many live in Faro?", [call], [ok], "Nobody knows."),
+        episode("count_people", "How many live in Braga?", [], [], "5 people."),
+    ]
+    rows, stats = distill(episodes, tools, cap=10)
+    assert [r["messages"][0]["content"] for r in rows] == ["How many live in Lisbon?"]
+    assert stats["reasons"] == {"kept": 1, "duplicate query": 1, "a call failed": 1,
+                                "answer not grounded in the results": 1, "no tool call": 1}  # fmt: skip
+    assert rows[0]["tools"] == [tools["count_people"].json_schema]
+    assert is_grounded("Ana Silva and Rui Costa.", [{"content": '["Ana Silva", "Rui Costa"]'}])
+    assert not is_grounded("Ana Silva.", [{"content": '["Ana Silva", "Rui Costa"]'}])
+    rows, stats = distill(episodes[:1] * 3, tools, cap=1)
+    assert len(rows) == 1 and stats["reasons"]["duplicate query"] == 2
+
+
+def test_replay_mixes_earlier_rounds_and_general_dialogs():
+    fresh, earlier, general = [{"id": f"n{i}"} for i in range(4)], [{"id": f"e{i}"} for i in range(10)], [{"id": "g"}]
+    mixed = round_data(fresh, earlier, general, share=0.5, seed=2)
+    assert mixed[:4] == fresh and len([r for r in mixed if r["id"].startswith("e")]) == 5 and mixed[-1] == {"id": "g"}
+    assert round_data(fresh, earlier, general, share=0.0, seed=2) == fresh
+    assert round_data(fresh, [], general, share=0.5, seed=2) == fresh  # the first round has nothing to replay
+
+
+def test_parse_query():
+    assert parse_query('Question: "How old is Ana Silva?"\nmore') == "How old is Ana Silva?"
+    assert parse_query("  \n ok") is None
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_end_to_end_on_the_tiny_preset(tmp_path):
+    from trainers.ste.__main__ import main, parse
+
+    steps, cfg = parse(["all", "--preset", "tiny", "--out", str(tmp_path / "ste")])
+    result = main(steps, cfg)
+    assert result.exploration["episodes"] == 6
+    assert [r["setting"] for r in result.correctness][:2] == ["base", "STE in-context"]
+    assert {(r["replay"], r["round"]) for r in result.continual} == {(True, 1), (True, 2), (False, 1), (False, 2)}
+    assert (tmp_path / "ste" / "tables.md").is_file() and (tmp_path / "ste" / "explore.jsonl").is_file()
+    again = main(steps, cfg)  # every step's outputs are reused
+    assert again.exploration == result.exploration

@@ -1,0 +1,82 @@
+"""STE from the command line: explore, distill, evaluate and continual learning, each step resumable.
+
+    python -m trainers.ste all --preset cpu            # every step (SmolLM2-135M explorer and learner, offline)
+    python -m trainers.ste explore --preset cpu        # only explore (episodes are appended to explore.jsonl)
+    python -m trainers.ste distill --preset cpu        # distilled/ (--dataset for trainers/sft.py) + distilled.jsonl
+    python -m trainers.ste evaluate --preset cpu       # base, in-context, STE fine-tuned, oracle fine-tuned
+    python -m trainers.ste continual --preset cpu      # tools in rounds, with and without replay
+    python -m trainers.ste all --preset tiny --out runs/ste/tiny    # the plumbing on the embedded model
+    itl-ste all --preset cpu                           # the same, installed command
+
+Outputs in ``runs/ste/<preset>/`` (or ``--out``): explore.jsonl, memory.jsonl, distilled/,
+distill.json, models/, ste.json, tables.md (``--results results`` copies the tables there). The
+method: ``trainers.ste.explore``, ``distill`` and ``pipeline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from trainers.ste.pipeline import SteConfig, SteResult, run_pipeline
+
+PROG = "python -m trainers.ste"
+STEPS = {"explore": ("explore",), "distill": ("distill",), "evaluate": ("evaluate",), "continual": ("continual",),
+         "all": ("explore", "distill", "evaluate", "continual")}  # fmt: skip
+
+
+def parse(argv: list[str] | None = None) -> tuple[tuple[str, ...], SteConfig]:
+    import configs
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in STEPS:
+        configs.usage_error(PROG, f"give a step first: {', '.join(STEPS)}")
+    step, rest = argv[0], argv[1:]
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default="cpu")
+    first.add_argument("--config")
+    known, _ = first.parse_known_args(rest)
+    preset = None
+    if known.config is None:
+        preset = configs.preset(f"ste/{known.preset}.yaml")
+        if not preset.is_file():
+            names = ", ".join(sorted(p.stem for p in preset.parent.glob("*.yaml")))
+            configs.usage_error(PROG, f"no preset {known.preset!r}; known: {names}")
+
+    def preset_flag(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--preset", default=argparse.SUPPRESS, help="preset from configs/ste/ (default: cpu)")
+
+    (cfg,) = configs.resolve(
+        [SteConfig],
+        rest,
+        prog=f"{PROG} {step}",
+        description=__doc__,
+        defaults={"preset": known.preset} if preset is not None else {},
+        preset=preset,
+        skip={"preset"},
+        extra_flags=preset_flag,
+    )
+    return STEPS[step], cfg
+
+
+def main(steps: tuple[str, ...], cfg: SteConfig) -> SteResult:
+    return run_pipeline(cfg, steps)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    steps, cfg = parse(argv)
+    try:
+        result = main(steps, cfg)
+    except (OSError, ValueError, RuntimeError) as err:
+        sys.exit(f"{PROG}: {err}")
+    print((cfg.out_dir() / "tables.md").read_text(encoding="utf-8"))
+    print(json.dumps({"wall_seconds": result.wall_seconds}, indent=2))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,137 @@
+"""STE distillation: the explored trajectories worth learning from, as a dataset ``trainers/sft.py`` trains on.
+
+Kept: an episode whose query was usable, whose last trial called the tool, every call of which
+executed successfully, and whose final answer is grounded in what the tool returned (it states the
+result, or for a list every item of it). Optionally an LLM judge checks STE's three criteria
+(the answer is informative, faithful to the execution results, the tool use appropriate) and an LLM
+paraphrases each kept query into one more training dialog. Queries are deduplicated and capped per
+tool. Written as a Hugging Face dataset of ``{messages, tools}`` rows (``save_to_disk``) and JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from itl_env.rollout import Policy
+from itl_env.scoring import normalise
+from tools.registry import ToolRegistry
+from trainers.ste.explore import Episode, parse_query, parse_verdict
+
+JUDGE_PROMPT = (
+    "Question: {query}\nTool calls and results:\n{results}\nFinal answer: {answer}\n"
+    "Is the final answer informative, faithful to the tool results, and was the tool used appropriately? "
+    "Reply yes or no."
+)
+PARAPHRASE_PROMPT = (
+    "Rewrite this question in other words, keeping every name, date and value: {query}\nReply with the question only."
+)
+
+
+def final_answer(episode: Episode) -> str | None:
+    last = episode.messages[-1] if episode.messages else {}
+    return last.get("content") if last.get("role") == "assistant" and not last.get("tool_calls") else None
+
+
+def is_grounded(answer: str, results: list[dict[str, Any]]) -> bool:
+    """Whether ``answer`` states what a successful call returned (every item, for a list result)."""
+    text = normalise(answer)
+    for result in results:
+        content = result["content"]
+        try:
+            value = json.loads(content)
+        except ValueError:
+            value = content
+        items = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        if items and all(normalise(item) in text for item in items):
+            return True
+    return False
+
+
+def verdict(episode: Episode) -> str:
+    """Why an episode is kept ("kept") or dropped (the first rule it breaks)."""
+    if episode.query is None:
+        return "no usable query"
+    if not episode.trials or not episode.trials[-1].calls:
+        return "no tool call"
+    trial = episode.trials[-1]
+    if not all(r["ok"] for r in trial.results):
+        return "a call failed"
+    answer = final_answer(episode)
+    if answer is None:
+        return "no final answer"
+    if not is_grounded(answer, trial.results):
+        return "answer not grounded in the results"
+    return "kept"
+
+
+def distill(
+    episodes: list[Episode],
+    registry: ToolRegistry,
+    *,
+    cap: int = 50,
+    judge: Policy | None = None,
+    paraphrase: Policy | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(dataset rows, statistics: why episodes were dropped, rows per tool)."""
+    reasons: Counter[str] = Counter()
+    kept: dict[str, list[Episode]] = {}
+    seen: set[tuple[str, str]] = set()
+    for episode in episodes:
+        why = verdict(episode)
+        key = (episode.tool, normalise(episode.query or ""))
+        if why == "kept" and key in seen:
+            why = "duplicate query"
+        if why == "kept" and len(kept.get(episode.tool, [])) >= cap:
+            why = "over the cap"
+        reasons[why] += 1
+        if why == "kept":
+            seen.add(key)
+            kept.setdefault(episode.tool, []).append(episode)
+    chosen = [e for group in kept.values() for e in group]
+    if judge is not None and chosen:
+        replies = judge.generate([[{"role": "user", "content": _judge_prompt(e)}] for e in chosen])
+        judged = [e for e, reply in zip(chosen, replies, strict=True) if parse_verdict(reply)]
+        reasons["dropped by the judge"] += len(chosen) - len(judged)
+        reasons["kept"] -= len(chosen) - len(judged)
+        chosen = judged
+    rows = [{"messages": e.messages, "tools": [registry[e.tool].json_schema]} for e in chosen]
+    if paraphrase is not None and chosen:
+        replies = paraphrase.generate(
+            [[{"role": "user", "content": PARAPHRASE_PROMPT.format(query=e.query)}] for e in chosen]
+        )
+        for episode, reply in zip(chosen, replies, strict=True):
+            query = parse_query(reply)
+            if query and normalise(query) != normalise(episode.query or ""):
+                messages = [{"role": "user", "content": query}, *episode.messages[1:]]
+                rows.append({"messages": messages, "tools": [registry[episode.tool].json_schema]})
+    per_tool = Counter(row["tools"][0]["function"]["name"] for row in rows)
+    return rows, {
+        "episodes": len(episodes),
+        "reasons": dict(reasons),
+        "rows_per_tool": dict(per_tool),
+        "rows": len(rows),
+    }
+
+
+def _judge_prompt(episode: Episode) -> str:
+    trial = episode.trials[-1]
+    results = "\n".join(
+        f"- {c['name']}({json.dumps(c['arguments'])}) -> {r['content'][:300]}"
+        for c, r in zip(trial.calls, trial.results, strict=False)
+    )
+    return JUDGE_PROMPT.format(query=episode.query, results=results, answer=final_answer(episode))
+
+
+def write_dataset(rows: list[dict[str, Any]], folder: Path) -> Path:
+    """``folder`` (a ``save_to_disk`` dataset ``--dataset`` reads) and ``folder``.jsonl beside it."""
+    from datasets import Dataset
+
+    from itl_env.trajectories import training_row
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    Dataset.from_list([training_row(r["messages"], r["tools"]) for r in rows]).save_to_disk(folder)
+    folder.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return folder

@@ -1,0 +1,213 @@
+"""STE exploration: for each tool, episodes of imagination, trial and error against the real tool, and reflection.
+
+*Imagination*: the explorer model reads the tool's JSON schema, a few entities of the database (it
+cannot know any names otherwise) and the long-term memory of queries explored before, and proposes a
+new user query. *Trial and error*: it plays the query in ``ToolUseEnv`` (the tool executed for real,
+up to ``max_turns`` messages), for up to ``trials`` trials; before each trial after the first, the
+short-term memory of the episode's earlier trials is written above the query. *Reflection*: after a
+trial it judges whether its answer satisfied the query; a satisfied trial ends the episode. Episodes
+of a tool are explored in batches (one ``generate`` call per step for the whole batch); each ends up
+as one JSONL row, so an interrupted exploration resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from itl_env.env import ToolUseEnv
+from itl_env.rollout import Policy, rollout
+from itl_env.tasks import Task
+from itl_env.world import World
+from tools.registry import ToolRegistry
+from trainers.ste.memory import LongTermMemory, ShortTermMemory, Trial
+
+logger = logging.getLogger("trainers.ste")
+
+
+class Episode(BaseModel):
+    """One explored query: its trials, whether the explorer judged it satisfied, and the last trial's dialog."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool: str
+    index: int
+    query: str | None
+    proposal: str
+    trials: list[Trial]
+    satisfied: bool
+    messages: list[dict[str, Any]]
+    duplicate: bool
+
+
+def imagination_prompt(schema: dict[str, Any], entities: dict[str, list[str]], explored: list[tuple[str, bool]]) -> str:
+    lines = [
+        "A database of people offers this tool (its JSON schema):",
+        json.dumps(schema, ensure_ascii=False),
+        "The database knows, among others: "
+        + "; ".join(f"{kind} such as {', '.join(values)}" for kind, values in entities.items())
+        + ".",
+    ]
+    if explored:
+        lines.append("Questions already explored (ask something different):")
+        lines += [f"- {query}" for query, _ in explored]
+    lines.append("Write one new question a user could ask that this tool can answer. Reply with the question only.")
+    return "\n".join(lines)
+
+
+def reflection_prompt(query: str, results: list[dict[str, Any]], answer: str | None) -> str:
+    shown = "\n".join(f"- {r['name']}: {r['content'][:300]}" for r in results) or "- (no tool was called)"
+    return (
+        f"Question: {query}\nTool results:\n{shown}\nAnswer: {answer or '(no answer)'}\n"
+        "Does the answer satisfy the question, using what the tool returned? Reply yes or no."
+    )
+
+
+def parse_query(text: str) -> str | None:
+    """The first line of a proposal, unquoted, as a query (None when there is nothing usable)."""
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    line = re.sub(r"^(question|query)\s*:\s*", "", line, flags=re.I).strip().strip('"').strip()
+    return line[:300] if len(line) >= 8 else None
+
+
+def parse_verdict(text: str) -> bool:
+    return text.strip().lower().startswith("yes")
+
+
+def entities(world: World, rng: np.random.Generator, k: int = 3) -> dict[str, list[str]]:
+    """A few names, countries, cities and occupations of the world, drawn anew for each proposal."""
+    rows = [world.rows[int(i)] for i in rng.choice(len(world.rows), size=min(k, len(world.rows)), replace=False)]
+    return {
+        "people": [r["name"] for r in rows],
+        "countries of birth": [r["birth_place"] for r in rows],
+        "cities": [r["current_address"] for r in rows],
+        "occupations": [r["occupation"] for r in rows],
+        "birth dates": [r["birth_date"] for r in rows],
+    }
+
+
+def free_query(tool: str, index: int, query: str, note: str) -> Task:
+    """An exploration episode as an environment task: a question without gold (exploration has no answer key)."""
+    question = f"{note}\n\nQuestion: {query}" if note else query
+    return Task(id=f"ste:{tool}:{index}", kind=f"ste:{tool}", split="explore", question=question, calls=[], results=[],
+                gold="", answer="")  # fmt: skip
+
+
+def read_episodes(path: Path) -> list[Episode]:
+    if not path.exists():
+        return []
+    return [Episode.model_validate_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def explore(
+    world: World,
+    registry: ToolRegistry,
+    tools: list[str],
+    *,
+    imagine: Policy,
+    trial_policy: Any,
+    out: Path,
+    episodes: int,
+    trials: int = 2,
+    batch: int = 8,
+    max_turns: int = 3,
+    recent: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[Episode]:
+    """Explore each tool for ``episodes`` episodes (resuming from ``out/explore.jsonl``); returns every episode.
+
+    ``trial_policy(schemas)`` makes the policy that plays the trials with those tools offered.
+    """
+    from tqdm import tqdm
+
+    path = out / "explore.jsonl"
+    done = read_episodes(path)
+    memory = LongTermMemory(out / "memory.jsonl")
+    rng = np.random.default_rng([seed, len(done)])
+    total = episodes * len(tools)
+    with tqdm(
+        total=total, initial=min(len(done), total), desc="STE explore", unit="episode", disable=not progress
+    ) as bar:
+        for tool in tools:
+            single = ToolRegistry(
+                [registry[tool]], timeout_s=registry.timeout_s, max_result_chars=registry.max_result_chars
+            )
+            player = trial_policy(single.schemas())
+            schema = registry[tool].json_schema
+            while (start := sum(e.tool == tool for e in done)) < episodes:
+                size = min(batch, episodes - start)
+                prompts = [
+                    [
+                        {
+                            "role": "user",
+                            "content": imagination_prompt(schema, entities(world, rng), memory.recent(tool, recent)),
+                        }
+                    ]
+                    for _ in range(size)
+                ]
+                proposals = imagine.generate(prompts)
+                fresh = [proposed(tool, start + i, proposal, memory) for i, proposal in enumerate(proposals)]
+                _trials(fresh, world, single, player, imagine, trials, max_turns)
+                with path.open("a", encoding="utf-8") as f:
+                    for episode in fresh:
+                        if episode.query:
+                            memory.add(tool, episode.query, episode.satisfied)
+                        f.write(episode.model_dump_json() + "\n")
+                done += fresh
+                bar.update(len(fresh))
+                bar.set_postfix_str(f"{tool}: {sum(e.satisfied for e in done if e.tool == tool)} satisfied")
+    return done
+
+
+def proposed(tool: str, index: int, proposal: str, memory: LongTermMemory) -> Episode:
+    """A new episode from the explorer's proposal (no query when the proposal is unusable)."""
+    query = parse_query(proposal)
+    duplicate = query is not None and memory.knows(tool, query)
+    return Episode(tool=tool, index=index, query=query, proposal=proposal, trials=[], satisfied=False, messages=[],
+                   duplicate=duplicate)  # fmt: skip
+
+
+def _trials(
+    batch: list[Episode], world: World, single: ToolRegistry, player: Policy, judge: Policy, trials: int, max_turns: int
+) -> None:
+    """Up to ``trials`` trials of every episode that has a query, in lockstep; short-term memory between trials."""
+    memories = {e.index: ShortTermMemory() for e in batch}
+    for _ in range(trials):
+        open_ = [e for e in batch if e.query and not e.satisfied]
+        if not open_:
+            break
+        tasks = [free_query(e.tool, e.index, e.query, memories[e.index].note()) for e in open_]
+        started = time.perf_counter()
+        played = rollout(
+            player,
+            lambda: ToolUseEnv(world, registry=single, max_turns=max_turns),
+            tasks,
+            mode="in_tool",
+            batch_size=len(tasks),
+            keep_conversations=True,
+            progress=False,
+        )
+        verdicts = judge.generate(
+            [
+                [{"role": "user", "content": reflection_prompt(e.query, results, record.answer)}]
+                for e, record, results in zip(open_, played.records, played.tool_results, strict=True)
+            ]
+        )
+        logger.debug("trial of %d episodes in %.1f s", len(open_), time.perf_counter() - started)
+        for episode, record, messages, results, verdict in zip(
+            open_, played.records, played.conversations, played.tool_results, verdicts, strict=True
+        ):
+            calls = [c["function"] for m in messages if m.get("tool_calls") for c in m["tool_calls"]]
+            trial = Trial(calls=calls, results=results, answer=record.answer, satisfied=parse_verdict(verdict))
+            memories[episode.index].add(trial)
+            episode.trials.append(trial)
+            episode.satisfied = trial.satisfied
+            episode.messages = [{"role": "user", "content": episode.query}, *messages[1:]]  # the plain query

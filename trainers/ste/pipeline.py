@@ -1,0 +1,351 @@
+"""The STE pipeline: explore -> distill -> evaluate (base, in-context, STE fine-tuned, oracle fine-tuned) -> continual.
+
+Each tool is learnt and tested on its own: its dialogs show only its schema, its held-out test
+queries are the test phrasings of its ``TaskKind`` (phrased unlike any training query), scored
+exactly through ``ToolUseEnv`` with the tool executed for real. Every step writes its outputs
+under ``out`` and is skipped when they are there (delete them to redo a step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import configs
+
+logger = logging.getLogger("trainers.ste")
+
+TEST_TASKS = {
+    "find_people": "who_was_born_in",
+    "count_people": "how_many_live_in",
+    "age_on": "age_on",
+    "born_between": "born_between",
+}
+
+
+class SteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field("cpu", description="preset name (configs/ste/<preset>.yaml) and default output folder")
+    explorer: str = Field("smollm2-135m", description="the model that imagines, tries and reflects")
+    learner: str = Field("smollm2-135m", description="the model fine-tuned on what was explored")
+    tools_factory: str = Field("itl_env.people_tools:registry", description="registry factory 'module:callable'")
+    tools: list[str] = Field(default_factory=lambda: list(TEST_TASKS), description="tools to learn")
+    test_tasks: dict[str, str] = Field(
+        default_factory=lambda: dict(TEST_TASKS), description="tool -> TaskKind of its test queries"
+    )
+    people: int = Field(500, ge=1)
+    unseen_people: int = Field(50, ge=0)
+    world_seed: int = 0
+    episodes: int = Field(24, ge=1, description="exploration episodes per tool")
+    trials: int = Field(2, ge=1, description="trials per episode (short-term memory between them)")
+    batch: int = Field(12, ge=1, description="episodes explored in lockstep")
+    max_turns: int = Field(3, ge=2)
+    recent: int = Field(8, ge=0, description="queries of the long-term memory shown to the next proposal")
+    cap: int = Field(20, ge=1, description="distilled dialogs per tool at most")
+    judge: bool = Field(False, description="also ask the explorer STE's three judging criteria")
+    paraphrase: bool = Field(False, description="add one paraphrased query per kept dialog")
+    test_queries: int = Field(20, ge=1, description="held-out test queries per tool")
+    demos: int = Field(3, ge=1, description="in-context: retrieved demonstrations per test query")
+    learning_rate: float = Field(1e-4, gt=0)
+    epochs: float = Field(2, gt=0)
+    batch_size: int = Field(8, ge=1)
+    bf16: bool = False
+    rounds: list[list[str]] = Field(
+        default_factory=lambda: [["find_people", "count_people"], ["age_on", "born_between"]],
+        description="continual learning: the tools of each round",
+    )
+    replay_share: float = Field(0.5, ge=0, le=1, description="share of earlier rounds' dialogs replayed")
+    general: int = Field(16, ge=0, description="general non-tool dialogs (the base's own answers) replayed")
+    max_new_tokens: int = Field(64, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    threads: int | None = Field(None, ge=1)
+    out: str | None = Field(None, description="output folder (default: runs/ste/<preset>)")
+    results: str | None = Field(None, description="also copy the tables to this folder (e.g. results/)")
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs/ste") / self.preset
+
+
+# -------------------------------------------------------------------------------------------- context
+
+
+class Context:
+    """The world, its tool registry, the explorer and the test queries of every tool, opened once."""
+
+    def __init__(self, cfg: SteConfig):
+        from itl_env.fact_tools import registry_for
+        from itl_env.tasks import make_tasks, task_kinds
+        from itl_env.world import open_or_build
+
+        self.cfg, self.out = cfg, cfg.out_dir()
+        world_path = self.out / "world" / f"world-{cfg.people}-{cfg.unseen_people}-{cfg.world_seed}.db"
+        self.world = open_or_build(world_path, people=cfg.people, unseen_people=cfg.unseen_people, seed=cfg.world_seed)
+        self.registry = registry_for(self.world, cfg.tools_factory)
+        missing = [t for t in cfg.tools if t not in self.registry]
+        if missing:
+            raise ValueError(f"{cfg.tools_factory} has no tools {missing}; it has {self.registry.names}")
+        self.tests = {
+            tool: make_tasks(
+                task_kinds([cfg.test_tasks[tool]])[0],
+                self.world,
+                self.registry,
+                cfg.test_queries,
+                seed=1000,
+                phrasing="test",
+            )  # fmt: skip
+            for tool in cfg.tools
+        }
+        self._models: dict[str, tuple[Any, Any]] = {}
+
+    def single(self, tool: str) -> Any:
+        from tools.registry import ToolRegistry
+
+        return ToolRegistry([self.registry[tool]], timeout_s=self.registry.timeout_s)
+
+    def model(self, name: str) -> tuple[Any, Any]:
+        from evals.models import load
+
+        if name not in self._models:
+            self._models[name] = load(name, for_training=False)
+            self._models[name][0].eval()
+        return self._models[name]
+
+    def policy(self, name: str, schemas: list[dict[str, Any]] | None) -> Any:
+        from evals.backends.hf import HFPolicy
+
+        model, tokenizer = self.model(name)
+        return HFPolicy(
+            model, tokenizer, schemas, max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.eval_batch_size
+        )
+
+    def close(self) -> None:
+        self.world.close()
+
+
+# -------------------------------------------------------------------------------------------- steps
+
+
+def explore_step(ctx: Context) -> list[Any]:
+    from trainers.ste.explore import explore
+
+    cfg = ctx.cfg
+    return explore(
+        ctx.world,
+        ctx.registry,
+        cfg.tools,
+        imagine=ctx.policy(cfg.explorer, None),
+        trial_policy=lambda schemas: ctx.policy(cfg.explorer, schemas),
+        out=ctx.out,
+        episodes=cfg.episodes,
+        trials=cfg.trials,
+        batch=cfg.batch,
+        max_turns=cfg.max_turns,
+        recent=cfg.recent,
+        seed=cfg.world_seed,
+    )
+
+
+def distill_step(ctx: Context, episodes: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from trainers.ste.distill import distill, write_dataset
+
+    cfg = ctx.cfg
+    done = ctx.out / "distilled.jsonl"
+    if done.exists():
+        rows = [json.loads(line) for line in done.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return rows, json.loads((ctx.out / "distill.json").read_text(encoding="utf-8"))
+    judge = ctx.policy(cfg.explorer, None) if cfg.judge else None
+    paraphrase = ctx.policy(cfg.explorer, None) if cfg.paraphrase else None
+    rows, stats = distill(episodes, ctx.registry, cap=cfg.cap, judge=judge, paraphrase=paraphrase)
+    write_dataset(rows, ctx.out / "distilled")
+    (ctx.out / "distill.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    return rows, stats
+
+
+def oracle_rows(ctx: Context, tool: str, n: int) -> list[dict[str, Any]]:
+    """``n`` of the oracle's templated dialogs for ``tool`` (train phrasings), its schema alone offered."""
+    from itl_env.tasks import make_tasks, task_kinds
+    from itl_env.trajectories import oracle_conversations
+
+    kind = task_kinds([ctx.cfg.test_tasks[tool]])[0]
+    single = ctx.single(tool)
+    tasks = make_tasks(kind, ctx.world, single, n, seed=10)
+    conversations, tools = oracle_conversations(ctx.world, tasks, "in_tool", registry=single)
+    return [{"messages": c, "tools": tools} for c in conversations]
+
+
+def general_rows(ctx: Context) -> list[dict[str, Any]]:
+    """Non-tool dialogs to replay: the base learner's own greedy answers to the retention prompts."""
+    from evals.divergence import load_prompts
+
+    prompts = load_prompts()[: ctx.cfg.general]
+    replies = ctx.policy(ctx.cfg.learner, None).generate([[{"role": "user", "content": p.prompt}] for p in prompts])
+    return [
+        {"messages": [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": r}], "tools": None}
+        for p, r in zip(prompts, replies, strict=True)
+        if r.strip()
+    ]
+
+
+def fine_tune_on(ctx: Context, name: str, rows: list[dict[str, Any]], base: str) -> str:
+    """Fine-tune ``base`` on ``rows`` into ``out/models/<name>`` (skipped when it is there); its model directory."""
+    from trl import SFTConfig
+
+    from trainers.fine_tune import SFTScriptConfig, fine_tune
+    from trainers.ste.distill import write_dataset
+
+    cfg = ctx.cfg
+    out = ctx.out / "models" / name
+    if (out / "model" / "config.json").exists():
+        return str(out / "model")
+    data = write_dataset(rows, ctx.out / "data" / name)
+    steps = max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
+    script = SFTScriptConfig(
+        model=base, world=ctx.world.target, tools=cfg.tools_factory, tasks=[], dataset=str(data), eval_every=0,
+        resume=(out / "config.yaml").exists(), max_new_tokens=cfg.max_new_tokens,
+    )  # fmt: skip
+    training = SFTConfig(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate, lr_scheduler_type="constant_with_warmup", warmup_steps=2, logging_steps=5,
+        save_strategy="steps", save_steps=max(5, steps // 2), save_total_limit=1, report_to="none",
+        assistant_only_loss=True, max_length=2048, seed=0, bf16=cfg.bf16, use_cpu=True, activation_checkpointing=False,
+    )  # fmt: skip
+    fine_tune(script, training)
+    return str(out / "model")
+
+
+class DemonstrationPolicy:
+    """In-context STE: each conversation is preceded by the explored dialogs most like its question."""
+
+    def __init__(self, inner: Any, demos: list[list[dict[str, Any]]], k: int):
+        self.inner, self.demos, self.k = inner, demos, k
+        self.last_token_counts: list[int] = []
+
+    def _closest(self, question: str) -> list[dict[str, Any]]:
+        words = set(re.findall(r"\w+", question.lower()))
+        ranked = sorted(self.demos, key=lambda d: -len(words & set(re.findall(r"\w+", d[0]["content"].lower()))))
+        return [m for demo in ranked[: self.k] for m in demo]
+
+    def generate(self, conversations: list[list[dict[str, Any]]]) -> list[str]:
+        replies = self.inner.generate([self._closest(c[0]["content"]) + c for c in conversations])
+        self.last_token_counts = getattr(self.inner, "last_token_counts", [])
+        return replies
+
+
+def accuracy(ctx: Context, model: str, tools: list[str], demos: dict[str, list] | None = None) -> dict[str, float]:
+    """Test-query accuracy of ``model`` per tool (in-context when ``demos`` are given)."""
+    from evals.evaluator import RecallEvaluator
+
+    scores = {}
+    for tool in tools:
+        single = ctx.single(tool)
+        policy = ctx.policy(model, single.schemas())
+        if demos is not None:
+            policy = DemonstrationPolicy(policy, demos.get(tool, []), ctx.cfg.demos)
+        evaluator = RecallEvaluator(ctx.world, mode="in_tool", registry=single, max_turns=ctx.cfg.max_turns,
+                                    batch_size=ctx.cfg.eval_batch_size)  # fmt: skip
+        scores[tool] = next(iter(evaluator.evaluate_tasks(policy, ctx.tests[tool], progress=False).values()))
+    return scores
+
+
+class SteResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    exploration: dict[str, Any]
+    correctness: list[dict[str, Any]]
+    continual: list[dict[str, Any]]
+    wall_seconds: float
+
+
+def run_pipeline(cfg: SteConfig, steps: tuple[str, ...] = ("explore", "distill", "evaluate", "continual")) -> SteResult:
+    """The steps asked for, in order; each one's outputs are reused when they exist (see the module docstring)."""
+    import torch
+
+    from trainers.ste.explore import read_episodes
+    from trainers.ste.report import write_report
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    ctx = Context(cfg)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    configs.record(ctx.out / "config.yaml", cfg)
+    try:
+        t0 = time.perf_counter()
+        episodes = explore_step(ctx) if "explore" in steps else read_episodes(ctx.out / "explore.jsonl")
+        explore_seconds = time.perf_counter() - t0
+        rows, stats = distill_step(ctx, episodes) if {"distill", "evaluate", "continual"} & set(steps) else ([], {})
+        by_tool = {tool: [r for r in rows if r["tools"][0]["function"]["name"] == tool] for tool in cfg.tools}
+        exploration = {
+            "episodes": len(episodes),
+            "with_a_query": sum(e.query is not None for e in episodes),
+            "distinct_queries": len({(e.tool, (e.query or "").lower()) for e in episodes if e.query}),
+            "duplicates_of_memory": sum(e.duplicate for e in episodes),
+            "judged_satisfied": sum(e.satisfied for e in episodes),
+            "kept": stats.get("rows", 0),
+            "dropped": {k: v for k, v in stats.get("reasons", {}).items() if k != "kept"},
+            "kept_per_tool": {tool: len(v) for tool, v in by_tool.items()},
+            "explore_seconds": round(explore_seconds, 1),
+        }
+        correctness = _correctness(ctx, rows, by_tool) if "evaluate" in steps else []
+        continual = _continual(ctx, by_tool) if "continual" in steps else []
+    finally:
+        ctx.close()
+    result = SteResult(exploration=exploration, correctness=correctness, continual=continual,
+                       wall_seconds=round(time.perf_counter() - started, 1))  # fmt: skip
+    (ctx.out / "ste.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    write_report(ctx.out, result, cfg.results, cfg.preset)
+    return result
+
+
+def _correctness(ctx: Context, rows: list[dict[str, Any]], by_tool: dict[str, list]) -> list[dict[str, Any]]:
+    cfg = ctx.cfg
+    settings: dict[str, dict[str, float]] = {"base": accuracy(ctx, cfg.learner, cfg.tools)}
+    demos = {tool: [r["messages"] for r in found] for tool, found in by_tool.items()}
+    settings["STE in-context"] = accuracy(ctx, cfg.learner, cfg.tools, demos)
+    if rows:
+        settings["STE fine-tuned"] = accuracy(ctx, fine_tune_on(ctx, "ste", rows, cfg.learner), cfg.tools)
+    oracle = [r for tool in cfg.tools for r in oracle_rows(ctx, tool, max(1, len(by_tool[tool]) or cfg.cap))]
+    settings["oracle fine-tuned"] = accuracy(ctx, fine_tune_on(ctx, "oracle", oracle, cfg.learner), cfg.tools)
+    return [
+        {"setting": name, **scores, "mean": sum(scores.values()) / len(scores)} for name, scores in settings.items()
+    ]
+
+
+def round_data(
+    fresh: list[dict[str, Any]], earlier: list[dict[str, Any]], general: list[dict[str, Any]], *, share: float, seed: int
+) -> list[dict[str, Any]]:
+    """A round's training dialogs: its own, plus (``share`` > 0) that share of the earlier rounds' dialogs and the
+    general non-tool dialogs; without replay, its own only."""
+    import random
+
+    if share <= 0 or not earlier:
+        return list(fresh)
+    return [*fresh, *random.Random(seed).sample(earlier, round(share * len(earlier))), *general]
+
+
+def _continual(ctx: Context, by_tool: dict[str, list]) -> list[dict[str, Any]]:
+    """Round by round, each round fine-tuned from the last, with replay of earlier rounds (and general dialogs) or
+    without; after every round every tool seen so far is tested."""
+    cfg = ctx.cfg
+    general = general_rows(ctx) if cfg.general else []
+    rows_out = []
+    for replay in (True, False):
+        model, seen, earlier = cfg.learner, [], []
+        for number, tools in enumerate(cfg.rounds, 1):
+            fresh = [r for tool in tools for r in by_tool.get(tool, [])]
+            mixed = round_data(fresh, earlier, general, share=cfg.replay_share if replay else 0.0, seed=number)
+            name = f"round{number}" + ("" if number == 1 else "-replay" if replay else "-no-replay")
+            model = fine_tune_on(ctx, name, mixed, model) if mixed else model
+            seen += tools
+            earlier += fresh
+            scores = accuracy(ctx, model, seen)
+            rows_out.append({"replay": replay, "round": number, "trained_on": len(mixed), **scores})
+    return rows_out

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from configs.resolve import ConfigError, as_mapping, load_yaml, positive, record, resolve, usage_error
+from configs.resolve import ConfigError, as_mapping, load_yaml, positive, record, resolve, resolve_preset, usage_error
 
 PRESETS = Path(__file__).resolve().parent  # the YAML presets live beside this file
 
@@ -21,5 +21,6 @@ __all__ = [
     "preset",
     "record",
     "resolve",
+    "resolve_preset",
     "usage_error",
 ]

@@ -472,3 +472,34 @@ def record(path: str | Path, *instances: Any) -> Path:
 
 def positive(value: Any) -> str | None:
     return None if value is None or value > 0 else "must be positive"
+
+
+def resolve_preset(
+    sections: Sequence[type], argv: Sequence[str] | None, *, prog: str, description: str | None, folder: str
+) -> tuple[Any, ...]:
+    """``resolve`` for a command with presets: ``--preset NAME`` (default ``cpu``) picks ``configs/<folder>/NAME.yaml``
+    as the file under ``--config`` (which replaces it), and sets the sections' ``preset`` option to NAME."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default="cpu")
+    first.add_argument("--config")
+    known, _ = first.parse_known_args(argv)
+    preset = None
+    if known.config is None:
+        preset = Path(__file__).resolve().parent / folder / f"{known.preset}.yaml"
+        if not preset.is_file():
+            names = ", ".join(sorted(p.stem for p in preset.parent.glob("*.yaml")))
+            usage_error(prog, f"no preset {known.preset!r}; known: {names}")
+
+    def preset_flag(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--preset", default=argparse.SUPPRESS, help=f"preset from configs/{folder}/ (default: cpu)")
+
+    return resolve(
+        sections,
+        argv,
+        prog=prog,
+        description=description,
+        defaults={"preset": known.preset} if preset is not None else {},
+        preset=preset,
+        skip={"preset", "seed"},
+        extra_flags=preset_flag,
+    )

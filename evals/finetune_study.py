@@ -16,7 +16,6 @@ What is measured and when runs stop: ``trainers.pretrained_study``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,32 +28,9 @@ PROG = "python -m evals.finetune_study"
 
 
 def parse(argv: list[str] | None = None) -> PretrainedStudyConfig:
-    import configs
+    from configs import resolve_preset
 
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--preset", default="cpu")
-    first.add_argument("--config")
-    known, _ = first.parse_known_args(argv)
-    preset = None
-    if known.config is None:
-        preset = configs.preset(f"finetune/{known.preset}.yaml")
-        if not preset.is_file():
-            names = ", ".join(sorted(p.stem for p in preset.parent.glob("*.yaml")))
-            configs.usage_error(PROG, f"no preset {known.preset!r}; known: {names}")
-
-    def preset_flag(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--preset", default=argparse.SUPPRESS, help="preset from configs/finetune/ (default: cpu)")
-
-    (cfg,) = configs.resolve(
-        [PretrainedStudyConfig],
-        argv,
-        prog=PROG,
-        description=__doc__,
-        defaults={"preset": known.preset} if preset is not None else {},
-        preset=preset,
-        skip={"preset"},
-        extra_flags=preset_flag,
-    )
+    (cfg,) = resolve_preset([PretrainedStudyConfig], argv, prog=PROG, description=__doc__, folder="finetune")
     return cfg
 
 

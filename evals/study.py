@@ -13,7 +13,6 @@ search, the runs it launches and what it writes are described in ``trainers.memo
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -25,32 +24,9 @@ PROG = "python -m evals.study"
 
 
 def parse(argv: list[str] | None = None) -> StudyConfig:
-    import configs
+    from configs import resolve_preset
 
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--preset", default="cpu")
-    first.add_argument("--config")
-    known, _ = first.parse_known_args(argv)
-    preset = None
-    if known.config is None:
-        preset = configs.preset(f"study/{known.preset}.yaml")
-        if not preset.is_file():
-            names = ", ".join(sorted(p.stem for p in preset.parent.glob("*.yaml")))
-            configs.usage_error(PROG, f"no preset {known.preset!r}; known: {names}")
-
-    def preset_flag(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--preset", default=argparse.SUPPRESS, help="preset from configs/study/ (default: cpu)")
-
-    (cfg,) = configs.resolve(
-        [StudyConfig],
-        argv,
-        prog=PROG,
-        description=__doc__,
-        defaults={"preset": known.preset} if preset is not None else {},
-        preset=preset,
-        skip={"preset", "seed"},
-        extra_flags=preset_flag,
-    )
+    (cfg,) = resolve_preset([StudyConfig], argv, prog=PROG, description=__doc__, folder="study")
     return cfg
 
 

@@ -182,7 +182,8 @@ def test_presets_load_and_unknown_keys_fail(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--emb-dims", "8", "14"], "emb_dims: width 14: head dim 7 must be even"),
+        (["--preset", "tiny", "--emb-dims", "8", "14"], "emb_dims: width 14: head dim 7 must be even"),
+        (["--emb-dims", "8", "16"], "grid fixes emb_dims: give either a grid or what to search (grid: none)"),
         (["--config", "{missing}"], "cannot read the config file"),
         (["--config", "{broken}"], "not a valid YAML file"),
     ],
@@ -196,3 +197,43 @@ def test_broken_study_configs_exit_before_any_run(tmp_path, capsys, argv, messag
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "study").exists()
+
+
+def test_a_grid_runs_every_seed_and_reports_seed_shares_beside_the_published_ones(tmp_path):
+    published = tmp_path / "grid.csv"
+    header = ",loss_best,accuracy_best,data.nb_data,data.key,data.seed,model.emb_dim,model.nb_layers,model.block.nb_heads,nb_params\n"
+    rows = [f"{i},0.0,{acc},1,qa,{i},8,2,2,6248\n" for i, acc in enumerate([1.0, 1.0, 0.5])]
+    rows += [
+        f"{9 + i},0.0,1.0,{p},qa,0,{d},2,2,{n}\n"
+        for i, (p, d, n) in enumerate([(2, 8, 6248), (8, 16, 16592), (32, 32, 49696)])
+    ]
+    published.write_text(header + "".join(rows))
+    base = _tiny(tmp_path).model_dump(exclude={"people", "emb_dims", "modes"})
+    cfg = StudyConfig(**{**base, "grid": {"in_weight": {1: [8, 16]}, "in_tool": {1: [8]}}, "seeds": [0, 1],
+                         "published": str(published)})  # fmt: skip
+    result = main(cfg, CountingLauncher)
+    assert len(CountingLauncher.submitted) == 6  # 3 cells x 2 seeds, none skipped by an earlier seed's success
+    shares = {(r["mode"], r["people"], r["emb_dim"]): r for r in result.seed_shares}
+    assert set(shares) == {("in_weight", 1, 8), ("in_weight", 1, 16), ("in_tool", 1, 8)}
+    cell = shares[("in_weight", 1, 8)]
+    assert cell["seeds"] == 2 and cell["share"] == cell["reached"] / 2
+    assert (cell["published_reached"], cell["published_seeds"], cell["published_share"]) == (2, 3, 0.667)
+    assert result.capacity["published_params_per_fact"] == pytest.approx(
+        round(_slope([(4, 6248), (8, 6248), (32, 16592), (128, 49696)]), 2)
+    )
+    assert result.capacity["bits_per_person"] == pytest.approx(38.16, abs=0.01)
+    text = (tmp_path / "study" / "thresholds.md").read_text()
+    assert "seeds reaching 0.99" in text and "Capacity:" in text
+    again = main(cfg, CountingLauncher)  # finished runs are reused
+    assert again.reused == 6
+
+
+def _slope(points):
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+
+
+def test_a_grid_and_a_search_are_not_mixed():
+    with pytest.raises(ValueError, match="grid fixes people"):
+        StudyConfig(grid={"in_tool": {1: [8]}}, people=[1])

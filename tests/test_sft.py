@@ -56,7 +56,9 @@ def test_names_and_values_are_pieces_and_template_words_stay_whole(tokenizer):
 def test_loss_mask_covers_exactly_the_assistant_turns(shared_world, tokenizer, mode):
     row = sft_dataset(shared_world, shared_world.facts("train")[:1], mode)[0]
     tools = json.loads(row["tools"]) if row["tools"] else None  # stored as JSON text, as TRL decodes it
-    enc = tokenizer.apply_chat_template(row["messages"], tools=tools, return_dict=True, return_assistant_tokens_mask=True)
+    enc = tokenizer.apply_chat_template(
+        row["messages"], tools=tools, return_dict=True, return_assistant_tokens_mask=True
+    )
     ids, mask = enc["input_ids"], enc["assistant_masks"]
     trained = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
     untrained = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if not m])

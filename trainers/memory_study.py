@@ -97,6 +97,9 @@ class StudyConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
         if self.grid:
+            both = sorted({"modes", "people", "emb_dims"} & self.model_fields_set)
+            if both:
+                raise ValueError(f"grid fixes {', '.join(both)}: give either a grid or what to search (grid: none)")
             self.modes = list(self.grid)
             self.people = sorted({p for cells in self.grid.values() for p in cells})
             self.emb_dims = sorted({d for cells in self.grid.values() for widths in cells.values() for d in widths})

@@ -15,7 +15,6 @@ method: ``trainers.ste.explore``, ``distill`` and ``pipeline``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -35,30 +34,7 @@ def parse(argv: list[str] | None = None) -> tuple[tuple[str, ...], SteConfig]:
     if not argv or argv[0] not in STEPS:
         configs.usage_error(PROG, f"give a step first: {', '.join(STEPS)}")
     step, rest = argv[0], argv[1:]
-    first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--preset", default="cpu")
-    first.add_argument("--config")
-    known, _ = first.parse_known_args(rest)
-    preset = None
-    if known.config is None:
-        preset = configs.preset(f"ste/{known.preset}.yaml")
-        if not preset.is_file():
-            names = ", ".join(sorted(p.stem for p in preset.parent.glob("*.yaml")))
-            configs.usage_error(PROG, f"no preset {known.preset!r}; known: {names}")
-
-    def preset_flag(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--preset", default=argparse.SUPPRESS, help="preset from configs/ste/ (default: cpu)")
-
-    (cfg,) = configs.resolve(
-        [SteConfig],
-        rest,
-        prog=f"{PROG} {step}",
-        description=__doc__,
-        defaults={"preset": known.preset} if preset is not None else {},
-        preset=preset,
-        skip={"preset"},
-        extra_flags=preset_flag,
-    )
+    (cfg,) = configs.resolve_preset([SteConfig], rest, prog=f"{PROG} {step}", description=__doc__, folder="ste")
     return STEPS[step], cfg
 
 

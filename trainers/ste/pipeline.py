@@ -320,7 +320,12 @@ def _correctness(ctx: Context, rows: list[dict[str, Any]], by_tool: dict[str, li
 
 
 def round_data(
-    fresh: list[dict[str, Any]], earlier: list[dict[str, Any]], general: list[dict[str, Any]], *, share: float, seed: int
+    fresh: list[dict[str, Any]],
+    earlier: list[dict[str, Any]],
+    general: list[dict[str, Any]],
+    *,
+    share: float,
+    seed: int,
 ) -> list[dict[str, Any]]:
     """A round's training dialogs: its own, plus (``share`` > 0) that share of the earlier rounds' dialogs and the
     general non-tool dialogs; without replay, its own only."""

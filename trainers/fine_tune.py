@@ -21,7 +21,14 @@ from pydantic import Field
 from evals.evaluator import RecallEvaluator
 from evals.provenance import write_provenance
 from trainers import run_dir
-from trainers.hf_training import GracefulStop, ModelRecall, lora_config, progress_callback, train_and_finish
+from trainers.hf_training import (
+    GracefulStop,
+    ModelRecall,
+    lora_config,
+    progress_callback,
+    run_result,
+    train_and_finish,
+)
 from trainers.options import RunOptions, RunResult
 
 logger = logging.getLogger("trainers.sft")
@@ -136,21 +143,7 @@ def fine_tune(
             callbacks=[progress_callback(cfg, stop, recall, metrics, on_eval=should_stop), *callbacks],
         )
         trained, trainable, final, interrupted = train_and_finish(trainer, cfg, stop, recall, metrics, tokenizer, out)
-        result = RunResult(
-            run_dir=str(out),
-            mode=cfg.mode,
-            model=cfg.model,
-            parameters=sum(p.numel() for p in trained.parameters()),
-            trainable_parameters=trainable,
-            steps=trainer.state.global_step,
-            wall_seconds=round(time.perf_counter() - started, 1),
-            interrupted=interrupted,
-            task_accuracy={k.removeprefix("task/"): v for k, v in final.items() if k.startswith("task/")},
-            **{k: final[k] for k in ("train_recall", "unseen_recall", "tool_call_rate", "parse_error_rate")},
-        )
-        if trainer.is_world_process_zero():
-            (out / "summary.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        return result
+        return run_result(RunResult, trainer, cfg, out, trained, trainable, final, interrupted, started)
     finally:
         world.close()
 

@@ -113,7 +113,14 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
 
     from evals.evaluator import RecallEvaluator
     from itl_env.trl_adapter import answered, environment_factory, grpo_dataset
-    from trainers.hf_training import GracefulStop, ModelRecall, lora_config, progress_callback, train_and_finish
+    from trainers.hf_training import (
+        GracefulStop,
+        ModelRecall,
+        lora_config,
+        progress_callback,
+        run_result,
+        train_and_finish,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental in TRL 1.16
@@ -172,26 +179,12 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
             ),
         )
         trained, trainable, final, interrupted = train_and_finish(trainer, cfg, stop, recall, metrics, tokenizer, out)
-        result = GRPOResult(
-            run_dir=str(out),
-            mode=cfg.mode,
-            model=cfg.model,
-            parameters=sum(p.numel() for p in trained.parameters()),
-            trainable_parameters=trainable,
-            steps=trainer.state.global_step,
-            wall_seconds=round(time.perf_counter() - started, 1),
+        return run_result(
+            GRPOResult, trainer, cfg, out, trained, trainable, final, interrupted, started,
             initial_train_recall=initial["train_recall"] if initial else None,
             initial_unseen_recall=initial["unseen_recall"] if initial else None,
-            train_recall=final["train_recall"],
-            unseen_recall=final["unseen_recall"],
-            tool_call_rate=final["tool_call_rate"],
-            parse_error_rate=final["parse_error_rate"],
             last_reward_mean=last_reward[0] if last_reward else None,
-            interrupted=interrupted,
-        )
-        if trainer.is_world_process_zero():
-            (out / "summary.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        return result
+        )  # fmt: skip
     finally:
         world.close()
 

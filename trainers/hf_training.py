@@ -136,6 +136,39 @@ def progress_callback(
     return Progress()
 
 
+def run_result(
+    result_type: type,
+    trainer: Any,
+    cfg: RunOptions,
+    out: Path,
+    trained: Any,
+    trainable: int,
+    final: dict[str, float],
+    interrupted: bool,
+    started: float,
+    **extra: Any,
+) -> Any:
+    """The run's ``RunResult`` (or subclass), written to ``summary.json`` by the main process."""
+    import time
+
+    result = result_type(
+        run_dir=str(out),
+        mode=cfg.mode,
+        model=cfg.model,
+        parameters=sum(p.numel() for p in trained.parameters()),
+        trainable_parameters=trainable,
+        steps=trainer.state.global_step,
+        wall_seconds=round(time.perf_counter() - started, 1),
+        interrupted=interrupted,
+        task_accuracy={k.removeprefix("task/"): v for k, v in final.items() if k.startswith("task/")},
+        **{k: final[k] for k in FINAL_KEYS},
+        **extra,
+    )
+    if trainer.is_world_process_zero():
+        (out / "summary.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return result
+
+
 def last_checkpoint(out: Path) -> str | None:
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     if not checkpoints:

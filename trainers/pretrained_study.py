@@ -163,6 +163,12 @@ class Measures:
         }
 
 
+def stop_rule(summary: dict[str, float], target: float) -> bool:
+    """Stop once recall on the training facts reaches ``target``: chosen on training facts only, never on unseen
+    people (whose recall is measured and reported, not used)."""
+    return summary["train_recall"] >= target
+
+
 def run_dir(cfg: PretrainedStudyConfig, mode: str, facts: int) -> Path:
     return cfg.out_dir() / "runs" / f"{mode}-f{facts}"
 
@@ -242,7 +248,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
 
     def reached(step: int, summary: dict[str, float]) -> bool:
         recalls[step] = summary
-        return summary["train_recall"] >= cfg.target_recall  # training facts only: unseen people never choose
+        return stop_rule(summary, cfg.target_recall)
 
     class Measure(TrainerCallback):
         """After the periodic recall (fine_tune's callback runs first), the same checkpoint against the base."""

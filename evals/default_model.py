@@ -82,7 +82,7 @@ def byte_tokenizer(vocab_size: int = 1024) -> Any:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token=PAD, model_max_length=DefaultModelConfig.max_positions
     )
-    return chat_template.install(tokenizer, chat_template.COMPACT_CHAT_TEMPLATE)
+    return chat_template.install(tokenizer, chat_template.COMPACT_CHAT_TEMPLATE, call_tokens=True)
 
 
 def build(config: DefaultModelConfig = DefaultModelConfig()) -> tuple[Any, Any]:

@@ -131,11 +131,15 @@ def template_token_ids(tokenizer: Any) -> list[int]:
     return sorted(vocab[t] for t in (START_OF_TURN, END_OF_TURN, TOOL_CALL_OPEN, TOOL_CALL_CLOSE) if t in vocab)
 
 
-def install(tokenizer: Any, chat_template: str | None = None) -> Any:
+def install(tokenizer: Any, chat_template: str | None = None, *, call_tokens: bool = False) -> Any:
     """Give ``tokenizer`` the project's template (or ``chat_template``) and its response parser.
 
-    The ChatML markers are added as special tokens when the vocabulary lacks them; the caller must
-    then resize the model's embeddings (``model.resize_token_embeddings(len(tokenizer))``).
+    The ChatML markers are added as special tokens when the vocabulary lacks them (the caller must
+    then resize the model's embeddings: ``model.resize_token_embeddings(len(tokenizer))``). The
+    tool-call tags become tokens of their own only with ``call_tokens`` (the embedded model, whose
+    tokenizer is built for them): a pretrained model writes them as the text pieces it already
+    knows, the same pieces the system turn shows it (as new tokens, their untrained embeddings kept
+    SmolLM2 from opening a call for 60 steps, and they would change the vocabulary it is compared on).
     """
     from transformers import AddedToken
 
@@ -143,7 +147,9 @@ def install(tokenizer: Any, chat_template: str | None = None) -> Any:
     vocab = tokenizer.get_vocab()
     special = [AddedToken(t, special=True, normalized=False) for t in (START_OF_TURN, END_OF_TURN) if t not in vocab]
     plain = [
-        AddedToken(t, special=False, normalized=False) for t in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE) if t not in vocab
+        AddedToken(t, special=False, normalized=False)
+        for t in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE)
+        if call_tokens and t not in vocab
     ]
     if special:
         tokenizer.add_special_tokens({"additional_special_tokens": special}, replace_extra_special_tokens=False)

@@ -25,6 +25,7 @@ def time_precision(bf16: bool, dataset, args) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from evals.models import SMOLLM2, load
+    from trainers.options import no_activation_checkpointing
 
     torch.manual_seed(0)
     model, tokenizer = load(SMOLLM2)
@@ -50,7 +51,7 @@ def time_precision(bf16: bool, dataset, args) -> dict:
         logging_steps=1,
         use_cpu=True,
         bf16=bf16,
-        activation_checkpointing=False,
+        **no_activation_checkpointing(),
         disable_tqdm=True,
         seed=0,
         max_length=1024,

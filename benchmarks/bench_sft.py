@@ -21,13 +21,18 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-OURS = {"activation_checkpointing": False}  # what trainers/sft.py changes in TRL's defaults for step time
-VARIANTS = {
-    "trl defaults (padding)": {},
-    "ours (padding)": OURS,
-    "ours + padding_free": OURS | {"padding_free": True, "max_length": None},
-    "ours + packing bfd": OURS | {"packing": True, "packing_strategy": "bfd", "max_length": 1024},
-}
+
+def variants() -> dict[str, dict]:
+    """TRL's defaults and ours (what trainers/sft.py changes in them for step time), plus TRL's packing options."""
+    from trainers.options import no_activation_checkpointing
+
+    ours = no_activation_checkpointing()
+    return {
+        "trl defaults (padding)": {},
+        "ours (padding)": ours,
+        "ours + padding_free": ours | {"padding_free": True, "max_length": None},
+        "ours + packing bfd": ours | {"packing": True, "packing_strategy": "bfd", "max_length": 1024},
+    }
 
 
 def time_variant(name: str, options: dict, dataset, args) -> dict:
@@ -136,7 +141,7 @@ def main() -> None:
         world = build_world(WorldSpec(people=args.people, unseen_people=0), Path(tmp) / "world.db")
         dataset = sft_dataset(world, world.facts("train"), "in_tool")
         rows = []
-        for name, options in VARIANTS.items():
+        for name, options in variants().items():
             row = time_variant(name, options, dataset, args)
             row["correct"] = attention_stays_in_dialog(options, dataset)
             rows.append(row)

@@ -29,7 +29,7 @@ from trainers.hf_training import (
     run_result,
     train_and_finish,
 )
-from trainers.options import RunOptions, RunResult
+from trainers.options import RunOptions, RunResult, no_activation_checkpointing
 
 logger = logging.getLogger("trainers.sft")
 
@@ -77,8 +77,7 @@ def training_defaults() -> dict[str, Any]:
         "seed": 0,
         "dataloader_num_workers": 0,
         "bf16": False,
-        # TRL turns activation checkpointing on by default: it only costs time (~30% per step) on small models.
-        "activation_checkpointing": False,
+        **no_activation_checkpointing(),
     }
 
 

@@ -30,7 +30,7 @@ from pydantic import Field
 
 from evals.provenance import provenance, write_provenance
 from trainers import run_dir
-from trainers.options import RunOptions, RunResult, parse_args
+from trainers.options import RunOptions, RunResult, no_activation_checkpointing, parse_args
 
 logger = logging.getLogger("trainers.grpo")
 
@@ -97,7 +97,7 @@ def training_defaults() -> dict[str, Any]:
         "seed": 0,
         "dataloader_num_workers": 0,
         "bf16": False,
-        "activation_checkpointing": False,  # TRL turns it on; a small model on a CPU needs compute more than memory
+        **no_activation_checkpointing(),
     }
 
 

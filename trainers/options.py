@@ -87,6 +87,17 @@ class RunOptions(BaseModel):
         )
 
 
+def no_activation_checkpointing() -> dict[str, bool]:
+    """TRL turns activation checkpointing on by default: on small models it only costs time (~30% a step). The
+    option was renamed (transformers 5.20 and later: activation_checkpointing; before: gradient_checkpointing)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": False}
+
+
 def _steps(value: Any) -> str | None:
     return None if value >= 1 or value == -1 else "must be a positive number of steps (or -1: by num_train_epochs)"
 

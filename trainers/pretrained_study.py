@@ -194,6 +194,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     from evals.policies import PolicyConfig, build_policy
     from itl_env.world import open_or_build
     from trainers.fine_tune import SFTScriptConfig, fine_tune
+    from trainers.options import no_activation_checkpointing
 
     started = time.perf_counter()
     out = run_dir(cfg, mode, facts)
@@ -239,7 +240,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
         seed=0,
         bf16=cfg.bf16,
         use_cpu=not _cuda(),
-        activation_checkpointing=False,
+        **no_activation_checkpointing(),
         disable_tqdm=False,
     )
     rows_path = out / "checkpoints.jsonl"

@@ -199,6 +199,7 @@ def fine_tune_on(ctx: Context, name: str, rows: list[dict[str, Any]], base: str)
     from trl import SFTConfig
 
     from trainers.fine_tune import SFTScriptConfig, fine_tune
+    from trainers.options import no_activation_checkpointing
     from trainers.ste.distill import write_dataset
 
     cfg = ctx.cfg
@@ -215,7 +216,7 @@ def fine_tune_on(ctx: Context, name: str, rows: list[dict[str, Any]], base: str)
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, lr_scheduler_type="constant_with_warmup", warmup_steps=2, logging_steps=5,
         save_strategy="steps", save_steps=max(5, steps // 2), save_total_limit=1, report_to="none",
-        assistant_only_loss=True, max_length=2048, seed=0, bf16=cfg.bf16, use_cpu=True, activation_checkpointing=False,
+        assistant_only_loss=True, max_length=2048, seed=0, bf16=cfg.bf16, use_cpu=True, **no_activation_checkpointing(),
     )  # fmt: skip
     fine_tune(script, training)
     return str(out / "model")

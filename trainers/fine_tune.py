@@ -29,7 +29,7 @@ from trainers.hf_training import (
     run_result,
     train_and_finish,
 )
-from trainers.options import RunOptions, RunResult, no_activation_checkpointing
+from trainers.options import RunOptions, RunResult, cuda_available, no_activation_checkpointing
 
 logger = logging.getLogger("trainers.sft")
 
@@ -77,6 +77,7 @@ def training_defaults() -> dict[str, Any]:
         "seed": 0,
         "dataloader_num_workers": 0,
         "bf16": False,
+        "use_cpu": not cuda_available(),  # TRL checks bf16 against the device when the config is built
         **no_activation_checkpointing(),
     }
 

@@ -30,7 +30,7 @@ from pydantic import Field
 
 from evals.provenance import provenance, write_provenance
 from trainers import run_dir
-from trainers.options import RunOptions, RunResult, no_activation_checkpointing, parse_args
+from trainers.options import RunOptions, RunResult, cuda_available, no_activation_checkpointing, parse_args
 
 logger = logging.getLogger("trainers.grpo")
 
@@ -97,6 +97,7 @@ def training_defaults() -> dict[str, Any]:
         "seed": 0,
         "dataloader_num_workers": 0,
         "bf16": False,
+        "use_cpu": not cuda_available(),  # TRL checks bf16 against the device when the config is built
         **no_activation_checkpointing(),
     }
 

@@ -87,6 +87,12 @@ class RunOptions(BaseModel):
         )
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def no_activation_checkpointing() -> dict[str, bool]:
     """TRL turns activation checkpointing on by default: on small models it only costs time (~30% a step). The
     option was renamed (transformers 5.20 and later: activation_checkpointing; before: gradient_checkpointing)."""

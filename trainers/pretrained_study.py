@@ -194,7 +194,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     from evals.policies import PolicyConfig, build_policy
     from itl_env.world import open_or_build
     from trainers.fine_tune import SFTScriptConfig, fine_tune
-    from trainers.options import no_activation_checkpointing
+    from trainers.options import cuda_available, no_activation_checkpointing
 
     started = time.perf_counter()
     out = run_dir(cfg, mode, facts)
@@ -239,7 +239,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
         max_length=1024,
         seed=0,
         bf16=cfg.bf16,
-        use_cpu=not _cuda(),
+        use_cpu=not cuda_available(),
         **no_activation_checkpointing(),
         disable_tqdm=False,
     )
@@ -336,12 +336,6 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     )
     finished.write_text(row.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return row
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _load(model_dir: Path) -> tuple[Any, Any]:

@@ -120,12 +120,21 @@ def test_evaluation_of_reloaded_model_writes_records(tmp_path):
 
 
 def test_lora_run_trains_only_the_adapter_and_saves_merged(tmp_path):
+    import torch
     from transformers import AutoModelForCausalLM
 
     result = run(tmp_path, "--max_steps", "4", "--lora", "true", "--lora_r", "4", "--learning_rate", "1e-2")
     assert 0 < result.trainable_parameters < result.parameters
     model = AutoModelForCausalLM.from_pretrained(Path(result.run_dir) / "model")
     assert not any("lora" in name for name, _ in model.named_parameters())
+    # the template's tokens (tool-call tags, turn markers) get trainable embedding rows; the others stay frozen
+    script, _ = sft.parse([*TINY])
+    start, tokenizer = script.load_model(seed=0)
+    ids = chat_template.template_token_ids(tokenizer)
+    before, after = start.get_input_embeddings().weight, model.get_input_embeddings().weight
+    assert len(ids) == 4 and not torch.equal(before[ids], after[ids])
+    others = [i for i in range(len(tokenizer)) if i not in ids]
+    assert torch.equal(before[others], after[others])
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
@@ -228,7 +237,9 @@ def test_smollm2_loads_offline_with_the_tool_template():
     model, tokenizer = load(SMOLLM2)
     assert sum(p.numel() for p in model.parameters()) > 100_000_000
     assert chat_template.is_training_compatible(tokenizer) and chat_template.supports_tools(tokenizer)
-    assert len(tokenizer) == model.get_input_embeddings().weight.shape[0]
+    assert len(tokenizer) == model.get_input_embeddings().weight.shape[0] == 49_152  # the tags stay text: no new tokens
+    call = tokenizer.tokenize("<tool_call>")
+    assert len(call) > 1 and tokenizer.convert_tokens_to_string(call) == "<tool_call>"
 
 
 def test_dataset_is_cut_to_the_dialogs_max_steps_consumes(shared_world):

@@ -131,7 +131,7 @@ def plot_kl_vs_facts(rows: list[Any], published: list[dict[str, Any]] | None, pa
             ax.plot(*zip(*theirs, strict=True), "s--", mfc="none", alpha=0.6, color=COLOURS[mode],
                     label=f"{mode} (SmolLM-135M, published)")  # fmt: skip
     ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_yscale("log")
     ax.set_xlabel("facts fine-tuned on")
     ax.set_ylabel("KL(base || fine-tuned) per token, nats")
     ax.grid(alpha=0.3, which="both")

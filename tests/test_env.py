@@ -267,7 +267,7 @@ def test_close_releases_a_world_the_env_opened_and_leaves_a_given_one(shared_wor
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"facts": 1}, ValueError, "unknown reset option(s) 'facts'; valid: fact, split, variant"),
+        ({"facts": 1}, ValueError, "unknown reset option(s) 'facts'; valid: fact, task, split, variant"),
         ({"split": "test"}, ValueError, "reset option split='test' is not a split; valid: train, unseen"),
         ({"fact": "0:occupation"}, TypeError, "reset option fact must be a Fact"),
         ({"variant": 9}, ValueError, "reset option variant must be an int in 0..3, got 9"),

@@ -104,6 +104,7 @@ def test_record_fields(shared_world):
     record = next(r for r in play(shared_world).records if r.fact_id == fact.id)
     assert record.model_dump() == {
         "fact_id": fact.id,
+        "task": "fact_recall",
         "person": fact.person,
         "attribute": fact.attribute.value,
         "split": "train",

@@ -45,6 +45,7 @@ class Episode(BaseModel):
     satisfied: bool
     messages: list[dict[str, Any]]
     duplicate: bool
+    seconds: float = 0.0  # this episode's share of its batch's wall time (so a resumed run still reports it)
 
 
 def imagination_prompt(schema: dict[str, Any], entities: dict[str, list[str]], explored: list[tuple[str, bool]]) -> str:
@@ -144,6 +145,7 @@ def explore(
             schema = registry[tool].json_schema
             while (start := sum(e.tool == tool for e in done)) < episodes:
                 size = min(batch, episodes - start)
+                batch_started = time.perf_counter()
                 prompts = [
                     [
                         {
@@ -156,6 +158,8 @@ def explore(
                 proposals = imagine.generate(prompts)
                 fresh = [proposed(tool, start + i, proposal, memory) for i, proposal in enumerate(proposals)]
                 _trials(fresh, world, single, player, imagine, trials, max_turns)
+                for episode in fresh:
+                    episode.seconds = round((time.perf_counter() - batch_started) / len(fresh), 3)
                 with path.open("a", encoding="utf-8") as f:
                     for episode in fresh:
                         if episode.query:

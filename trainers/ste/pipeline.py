@@ -279,9 +279,7 @@ def run_pipeline(cfg: SteConfig, steps: tuple[str, ...] = ("explore", "distill",
     ctx.out.mkdir(parents=True, exist_ok=True)
     configs.record(ctx.out / "config.yaml", cfg)
     try:
-        t0 = time.perf_counter()
         episodes = explore_step(ctx) if "explore" in steps else read_episodes(ctx.out / "explore.jsonl")
-        explore_seconds = time.perf_counter() - t0
         rows, stats = distill_step(ctx, episodes) if {"distill", "evaluate", "continual"} & set(steps) else ([], {})
         by_tool = {tool: [r for r in rows if r["tools"][0]["function"]["name"] == tool] for tool in cfg.tools}
         exploration = {
@@ -293,7 +291,7 @@ def run_pipeline(cfg: SteConfig, steps: tuple[str, ...] = ("explore", "distill",
             "kept": stats.get("rows", 0),
             "dropped": {k: v for k, v in stats.get("reasons", {}).items() if k != "kept"},
             "kept_per_tool": {tool: len(v) for tool, v in by_tool.items()},
-            "explore_seconds": round(explore_seconds, 1),
+            "explore_seconds": round(sum(e.seconds for e in episodes), 1),
         }
         correctness = _correctness(ctx, rows, by_tool) if "evaluate" in steps else []
         continual = _continual(ctx, by_tool) if "continual" in steps else []

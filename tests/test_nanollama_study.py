@@ -209,12 +209,14 @@ def test_a_grid_runs_every_seed_and_reports_seed_shares_beside_the_published_one
     ]
     published.write_text(header + "".join(rows))
     base = _tiny(tmp_path).model_dump(exclude={"people", "emb_dims", "modes"})
-    cfg = StudyConfig(**{**base, "grid": {"in_weight": {1: [8, 16]}, "in_tool": {1: [8]}}, "seeds": [0, 1],
+    # in-weight is not studied at 2 people: the study ends with the grid's own cells done
+    cfg = StudyConfig(**{**base, "grid": {"in_weight": {1: [8, 16]}, "in_tool": {1: [8], 2: [8]}}, "seeds": [0, 1],
                          "published": str(published)})  # fmt: skip
     result = main(cfg, CountingLauncher)
-    assert len(CountingLauncher.submitted) == 6  # 3 cells x 2 seeds, none skipped by an earlier seed's success
+    assert len(CountingLauncher.submitted) == 8  # 4 cells x 2 seeds, none skipped by an earlier seed's success
     shares = {(r["mode"], r["people"], r["emb_dim"]): r for r in result.seed_shares}
-    assert set(shares) == {("in_weight", 1, 8), ("in_weight", 1, 16), ("in_tool", 1, 8)}
+    assert set(shares) == {("in_weight", 1, 8), ("in_weight", 1, 16), ("in_tool", 1, 8), ("in_tool", 2, 8)}
+    assert [(r["mode"], r["people"]) for r in result.thresholds] == [("in_weight", 1), ("in_tool", 1), ("in_tool", 2)]
     cell = shares[("in_weight", 1, 8)]
     assert cell["seeds"] == 2 and cell["share"] == cell["reached"] / 2
     assert (cell["published_reached"], cell["published_seeds"], cell["published_share"]) == (2, 3, 0.667)
@@ -225,7 +227,7 @@ def test_a_grid_runs_every_seed_and_reports_seed_shares_beside_the_published_one
     text = (tmp_path / "study" / "thresholds.md").read_text()
     assert "seeds reaching 0.99" in text and "Capacity:" in text
     again = main(cfg, CountingLauncher)  # finished runs are reused
-    assert again.reused == 6
+    assert again.reused == 8
 
 
 def _slope(points):

@@ -278,7 +278,7 @@ class Study:
             while True:
                 (self._schedule_grid if cfg.grid else self._schedule)(in_flight, busy)
                 if not in_flight:
-                    if all(self._search_done(m, p) for m in cfg.modes for p in cfg.people):
+                    if all(self._search_done(m, p) for m, p in self.cells()):
                         break
                     raise RuntimeError("the study scheduler has nothing to run but searches are unfinished")
                 done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
@@ -298,6 +298,11 @@ class Study:
             self.launcher.close()
         wall = time.perf_counter() - start
         return self.write(wall)
+
+    def cells(self) -> list[tuple[str, int]]:
+        """The (mode, people) pairs studied: a grid's own cells (a mode need not have every people count)."""
+        every = [(m, p) for m in self.cfg.modes for p in self.cfg.people]
+        return [c for c in every if c in self.searches] if self.cfg.grid else every
 
     def _search_done(self, mode: str, people: int) -> bool:
         search = self.searches.get((mode, people))
@@ -397,45 +402,44 @@ class Study:
         published = published_thresholds(self.cfg.published, self.cfg.train.target_recall) if self.cfg.published else {}
         bits = bits_per_fact()
         rows = []
-        for mode in self.cfg.modes:
-            for people in self.cfg.people:
-                search = self.searches.get((mode, people))
-                index = search.threshold if search else None
-                runs = [s for (m, p, _, _), s in self.summaries.items() if m == mode and p == people]
-                best = None
-                if index is not None:
-                    d = self.cfg.emb_dims[index]
-                    best = min(
-                        (s for s in runs if s.emb_dim == d and s.reached_target), key=lambda s: s.steps, default=None
-                    )
-                failed = [s for s in runs if not s.reached_target]
-                largest_fail = max(failed, key=lambda s: s.params, default=None)
-                best_fail = max(failed, key=lambda s: (s.train_recall, s.params), default=None)
-                row: dict[str, Any] = {
-                    "mode": mode,
-                    "people": people,
-                    "facts": 4 * people,
-                    "threshold_emb_dim": best.emb_dim if best else None,
-                    "threshold_params": best.params if best else None,
-                    "steps_to_target": best.steps if best else None,
-                    "train_recall": best.train_recall if best else None,
-                    "unseen_recall": best.unseen_recall if best else None,
-                    "largest_failing_params": largest_fail.params if largest_fail else None,
-                    "best_failing_params": best_fail.params if best_fail else None,
-                    "best_failing_recall": best_fail.train_recall if best_fail else None,
-                    "best_failing_unseen_recall": best_fail.unseen_recall if best_fail else None,
-                    "runs": len(runs),
-                    "bits_per_param": round(4 * people * bits / best.params, 4)
-                    if best and mode == "in_weight"
-                    else None,
-                    "faithful_tool": best.faithful_tool if best else None,
-                    "faithful_memory": best.faithful_memory if best else None,
-                }
-                if published:
-                    pub = published.get((mode, people))
-                    row["published_params"] = pub
-                    row["ratio_to_published"] = round(best.params / pub, 3) if best and pub else None
-                rows.append(row)
+        for mode, people in self.cells():
+            search = self.searches.get((mode, people))
+            index = search.threshold if search else None
+            runs = [s for (m, p, _, _), s in self.summaries.items() if m == mode and p == people]
+            best = None
+            if index is not None:
+                d = self.cfg.emb_dims[index]
+                best = min(
+                    (s for s in runs if s.emb_dim == d and s.reached_target), key=lambda s: s.steps, default=None
+                )
+            failed = [s for s in runs if not s.reached_target]
+            largest_fail = max(failed, key=lambda s: s.params, default=None)
+            best_fail = max(failed, key=lambda s: (s.train_recall, s.params), default=None)
+            row: dict[str, Any] = {
+                "mode": mode,
+                "people": people,
+                "facts": 4 * people,
+                "threshold_emb_dim": best.emb_dim if best else None,
+                "threshold_params": best.params if best else None,
+                "steps_to_target": best.steps if best else None,
+                "train_recall": best.train_recall if best else None,
+                "unseen_recall": best.unseen_recall if best else None,
+                "largest_failing_params": largest_fail.params if largest_fail else None,
+                "best_failing_params": best_fail.params if best_fail else None,
+                "best_failing_recall": best_fail.train_recall if best_fail else None,
+                "best_failing_unseen_recall": best_fail.unseen_recall if best_fail else None,
+                "runs": len(runs),
+                "bits_per_param": round(4 * people * bits / best.params, 4)
+                if best and mode == "in_weight"
+                else None,
+                "faithful_tool": best.faithful_tool if best else None,
+                "faithful_memory": best.faithful_memory if best else None,
+            }
+            if published:
+                pub = published.get((mode, people))
+                row["published_params"] = pub
+                row["ratio_to_published"] = round(best.params / pub, 3) if best and pub else None
+            rows.append(row)
         return rows
 
     def seed_shares(self) -> list[dict[str, Any]]:

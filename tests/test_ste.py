@@ -141,9 +141,22 @@ def test_replay_mixes_earlier_rounds_and_general_dialogs():
     assert round_data(fresh, [], general, share=0.5, seed=2) == fresh  # the first round has nothing to replay
 
 
-def test_parse_query():
-    assert parse_query('Question: "How old is Ana Silva?"\nmore') == "How old is Ana Silva?"
-    assert parse_query("  \n ok") is None
+@pytest.mark.parametrize(
+    ("proposal", "query"),
+    [
+        ('Question: "How old is Ana Silva?"\nmore', "How old is Ana Silva?"),
+        ("How many people live in Dhaka?", "How many people live in Dhaka?"),
+        ('A user could ask:\n"Who lives in Lima?"\n\nThe answer would be:', "Who lives in Lima?"),
+        ('Here is one:\n\nThe user asks: "Who was born in Chile?"\n\nThe answer is:', "Who was born in Chile?"),
+        ("A user could ask:\n\nWhich engineers live in Oslo?\n\nThe answer is:", "Which engineers live in Oslo?"),
+        ("List the people born in Peru", "List the people born in Peru"),
+        ("Query: list the people born in Peru", "list the people born in Peru"),
+        ("  \n ok", None),
+        ("", None),
+    ],
+)
+def test_parse_query_finds_the_question_inside_a_wrapper(proposal, query):
+    assert parse_query(proposal) == query
 
 
 @pytest.mark.slow

@@ -72,10 +72,22 @@ def reflection_prompt(query: str, results: list[dict[str, Any]], answer: str | N
 
 
 def parse_query(text: str) -> str | None:
-    """The first line of a proposal, unquoted, as a query (None when there is nothing usable)."""
-    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    line = re.sub(r"^(question|query)\s*:\s*", "", line, flags=re.I).strip().strip('"').strip()
-    return line[:300] if len(line) >= 8 else None
+    """The proposal's first question (a line, or a quoted span, ending in "?"), else its first line; unquoted and
+    without a lead-in such as "The user asks:". None when there is nothing usable.
+
+    Small explorers wrap the question ("A user could ask:\n\"Who ...?\"", "Here is one: \"How ...?\" ..."): the
+    first line alone would be the wrapper."""
+    lines = [_unwrap(line) for line in text.splitlines() if line.strip()]
+    query = next((line for line in lines if line.endswith("?") and len(line) >= 8), lines[0] if lines else "")
+    return query[:300] if len(query) >= 8 else None
+
+
+def _unwrap(line: str) -> str:
+    quoted = re.search(r'"([^"]{8,}\?)"', line)
+    if quoted:
+        return quoted.group(1).strip()
+    line = re.sub(r"^[^:?\"]{0,40}:\s*(?=\S)", "", line.strip())  # "Question: ...", "The user asks: ..."
+    return line.strip().strip('"').strip()
 
 
 def parse_verdict(text: str) -> bool:

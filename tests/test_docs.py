@@ -29,6 +29,12 @@ def test_every_config_file_mentioned_exists():
     assert named and sorted(n for n in named if not (REPO / n).is_file()) == []
 
 
+def test_every_result_the_readme_cites_is_in_the_repository():
+    """A README number must be auditable: each `results/...` file it names (globs: at least one) is committed."""
+    named = set(re.findall(r"`(results/[^`\s<]+)`", (REPO / "README.md").read_text(encoding="utf-8")))
+    assert named and sorted(n for n in named if not list(REPO.glob(n))) == []
+
+
 def test_every_make_target_mentioned_exists():
     targets = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.M))
     named = {t for pair in (re.findall(r"\bmake ([a-z][\w-]*)", p.read_text()) for p in DOCS) for t in pair}

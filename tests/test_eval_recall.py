@@ -147,3 +147,27 @@ def test_vllm_backend_without_vllm_says_how_to_get_it(tiny_model, world_path, tm
 def test_hf_policy_rejects_bad_sizes(tiny_model):
     with pytest.raises(ValueError, match="at least 1"):
         HFPolicy(None, None, max_new_tokens=0)
+
+
+@pytest.mark.parametrize("temperature", [-0.1, float("nan")])
+def test_hf_policy_rejects_a_bad_temperature(temperature):
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        HFPolicy(None, None, temperature=temperature)
+
+
+def test_hf_policy_samples_reproducibly_with_a_temperature_and_decodes_greedily_without(tiny_model):
+    import torch
+
+    from evals.models import load
+
+    model, tokenizer = load(tiny_model, for_training=False)
+    prompts = [[{"role": "user", "content": "Where does Ana Silva live?"}]] * 4
+
+    def replies(temperature: float, seed: int) -> list[str]:
+        torch.manual_seed(seed)
+        return HFPolicy(model, tokenizer, max_new_tokens=12, temperature=temperature).generate(prompts)
+
+    greedy = replies(0.0, 0)
+    assert len(set(greedy)) == 1 and replies(0.0, 1) == greedy  # greedy: no randomness at all
+    sampled = replies(1.0, 0)
+    assert replies(1.0, 0) == sampled and len(set(sampled)) > 1  # same seed, same draws; the batch varies

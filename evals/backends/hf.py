@@ -1,4 +1,5 @@
-"""Hugging Face transformers backend: batched greedy ``generate`` with the tokenizer's chat template.
+"""Hugging Face transformers backend: batched ``generate`` (greedy unless a temperature is given) with the
+tokenizer's chat template.
 
 ``chat_prompts`` and ``reply_text`` are shared with the vLLM backend, so both see the same prompt
 tokens and turn the same generated ids into the same text: greedy decoding then gives the same
@@ -54,14 +55,18 @@ class HFPolicy:
         *,
         max_new_tokens: int = 128,
         batch_size: int = 64,
+        temperature: float = 0.0,
     ):
         if max_new_tokens < 1 or batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be at least 1")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
         self.model = model
         self.tokenizer = tokenizer
         self.tools = tools or None
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.temperature = temperature
         self.last_token_counts: list[int] = []
 
     def generate(self, conversations: list[list[dict[str, Any]]]) -> list[str]:
@@ -87,12 +92,14 @@ class HFPolicy:
             tok.padding_side = side
         was_training = self.model.training
         self.model.eval()
+        # sampling (exploration wants varied proposals) draws from torch's global generator: seed it to repeat
+        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": 0.95} if self.temperature else {}
         try:
             with torch.inference_mode():
                 out = self.model.generate(
                     **batch,
                     max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
+                    **(sampling or {"do_sample": False}),
                     eos_token_id=tok.eos_token_id,
                     pad_token_id=tok.pad_token_id,
                 )

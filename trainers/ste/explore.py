@@ -126,6 +126,7 @@ def explore(
     *,
     imagine: Policy,
     trial_policy: Any,
+    judge: Policy | None = None,
     out: Path,
     episodes: int,
     trials: int = 2,
@@ -137,7 +138,8 @@ def explore(
 ) -> list[Episode]:
     """Explore each tool for ``episodes`` episodes (resuming from ``out/explore.jsonl``); returns every episode.
 
-    ``trial_policy(schemas)`` makes the policy that plays the trials with those tools offered.
+    ``trial_policy(schemas)`` makes the policy that plays the trials with those tools offered; ``judge`` (default:
+    ``imagine``) reflects on each trial.
     """
     from tqdm import tqdm
 
@@ -169,7 +171,7 @@ def explore(
                 ]
                 proposals = imagine.generate(prompts)
                 fresh = [proposed(tool, start + i, proposal, memory) for i, proposal in enumerate(proposals)]
-                _trials(fresh, world, single, player, imagine, trials, max_turns)
+                _trials(fresh, world, single, player, judge or imagine, trials, max_turns)
                 for episode in fresh:
                     episode.seconds = round((time.perf_counter() - batch_started) / len(fresh), 3)
                 with path.open("a", encoding="utf-8") as f:

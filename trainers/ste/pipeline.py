@@ -14,7 +14,7 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +50,9 @@ class SteConfig(BaseModel):
     max_turns: int = Field(3, ge=2)
     recent: int = Field(8, ge=0, description="queries of the long-term memory shown to the next proposal")
     cap: int = Field(20, ge=1, description="distilled dialogs per tool at most")
+    temperature: float = Field(
+        0.8, ge=0, description="sampling temperature of the imagination step (0: greedy); trials and judging are greedy"
+    )
     judge: bool = Field(False, description="also ask the explorer STE's three judging criteria")
     paraphrase: bool = Field(False, description="add one paraphrased query per kept dialog")
     test_queries: int = Field(20, ge=1, description="held-out test queries per tool")
@@ -63,6 +66,9 @@ class SteConfig(BaseModel):
         description="continual learning: the tools of each round",
     )
     replay_share: float = Field(0.5, ge=0, le=1, description="share of earlier rounds' dialogs replayed")
+    continual_data: Literal["ste", "oracle"] = Field(
+        "ste", description="what each round trains on: the distilled STE dialogs or the oracle's (cap per tool)"
+    )
     general: int = Field(16, ge=0, description="general non-tool dialogs (the base's own answers) replayed")
     max_new_tokens: int = Field(64, ge=1)
     eval_batch_size: int = Field(32, ge=1)
@@ -118,13 +124,12 @@ class Context:
             self._models[name][0].eval()
         return self._models[name]
 
-    def policy(self, name: str, schemas: list[dict[str, Any]] | None) -> Any:
+    def policy(self, name: str, schemas: list[dict[str, Any]] | None, temperature: float = 0.0) -> Any:
         from evals.backends.hf import HFPolicy
 
         model, tokenizer = self.model(name)
-        return HFPolicy(
-            model, tokenizer, schemas, max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.eval_batch_size
-        )
+        return HFPolicy(model, tokenizer, schemas, max_new_tokens=self.cfg.max_new_tokens,
+                        batch_size=self.cfg.eval_batch_size, temperature=temperature)  # fmt: skip
 
     def close(self) -> None:
         self.world.close()
@@ -134,14 +139,18 @@ class Context:
 
 
 def explore_step(ctx: Context) -> list[Any]:
+    import torch
+
     from trainers.ste.explore import explore
 
     cfg = ctx.cfg
+    torch.manual_seed(cfg.world_seed)  # the imagination step samples
     return explore(
         ctx.world,
         ctx.registry,
         cfg.tools,
-        imagine=ctx.policy(cfg.explorer, None),
+        imagine=ctx.policy(cfg.explorer, None, cfg.temperature),
+        judge=ctx.policy(cfg.explorer, None),
         trial_policy=lambda schemas: ctx.policy(cfg.explorer, schemas),
         out=ctx.out,
         episodes=cfg.episodes,
@@ -341,6 +350,8 @@ def _continual(ctx: Context, by_tool: dict[str, list]) -> list[dict[str, Any]]:
     cfg = ctx.cfg
     general = general_rows(ctx) if cfg.general else []
     rows_out = []
+    if cfg.continual_data == "oracle":
+        by_tool = {tool: oracle_rows(ctx, tool, cfg.cap) for tool in cfg.tools}
     for replay in (True, False):
         model, seen, earlier = cfg.learner, [], []
         for number, tools in enumerate(cfg.rounds, 1):

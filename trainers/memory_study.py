@@ -429,9 +429,7 @@ class Study:
                 "best_failing_recall": best_fail.train_recall if best_fail else None,
                 "best_failing_unseen_recall": best_fail.unseen_recall if best_fail else None,
                 "runs": len(runs),
-                "bits_per_param": round(4 * people * bits / best.params, 4)
-                if best and mode == "in_weight"
-                else None,
+                "bits_per_param": round(4 * people * bits / best.params, 4) if best and mode == "in_weight" else None,
                 "faithful_tool": best.faithful_tool if best else None,
                 "faithful_memory": best.faithful_memory if best else None,
             }

@@ -299,3 +299,23 @@ def test_one_default_model_is_what_sft_trains():
     assert DefaultModelConfig.of_width(script.hidden_size, script.layers) == DefaultModelConfig()
     count = sum(p.numel() for p in trained.parameters())
     assert count == sum(p.numel() for p in by_name.parameters()) and 400_000 < count < 720_000
+
+
+@pytest.mark.parametrize(
+    ("flags", "on_cpu", "expected"),
+    [
+        ("fpu avx2 avx512f avx512_bf16", True, True),
+        ("fpu avx2 amx_bf16", True, True),
+        ("fpu avx2 avx512f", True, False),  # emulated bf16: far slower than fp32
+        ("fpu avx2", False, True),  # a GPU decides for itself
+    ],
+)
+def test_bf16_is_kept_only_where_the_cpu_computes_it(tmp_path, caplog, flags, on_cpu, expected):
+    from trainers.options import bf16_on_this_device
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor : 0\nflags : {flags}\n")
+    assert bf16_on_this_device(True, on_cpu, str(cpuinfo)) is expected
+    assert bf16_on_this_device(False, on_cpu, str(cpuinfo)) is False
+    assert ("no native bf16" in caplog.text) is (not expected)
+    assert bf16_on_this_device(True, True, str(tmp_path / "missing")) is True  # unknown CPU: as asked

@@ -29,7 +29,13 @@ from trainers.hf_training import (
     run_result,
     train_and_finish,
 )
-from trainers.options import RunOptions, RunResult, cuda_available, no_activation_checkpointing
+from trainers.options import (
+    RunOptions,
+    RunResult,
+    bf16_on_this_device,
+    cuda_available,
+    no_activation_checkpointing,
+)
 
 logger = logging.getLogger("trainers.sft")
 
@@ -102,6 +108,10 @@ def fine_tune(
     training.output_dir = str(out)
     if not torch.cuda.is_available():
         training.use_cpu = True
+    if training.bf16 and not bf16_on_this_device(True, training.use_cpu):
+        training.bf16 = False
+        if getattr(training, "mixed_precision", None) == "bf16":  # derived from bf16 when the config was built
+            training.mixed_precision = "no"
     random.seed(training.seed)
 
     world = cfg.open_world()

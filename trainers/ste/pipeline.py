@@ -317,7 +317,8 @@ def _correctness(ctx: Context, rows: list[dict[str, Any]], by_tool: dict[str, li
     cfg = ctx.cfg
     settings: dict[str, dict[str, float]] = {"base": accuracy(ctx, cfg.learner, cfg.tools)}
     demos = {tool: [r["messages"] for r in found] for tool, found in by_tool.items()}
-    settings["STE in-context"] = accuracy(ctx, cfg.learner, cfg.tools, demos)
+    if any(demos.values()):  # with nothing explored it would be the base model again
+        settings["STE in-context"] = accuracy(ctx, cfg.learner, cfg.tools, demos)
     if rows:
         settings["STE fine-tuned"] = accuracy(ctx, fine_tune_on(ctx, "ste", rows, cfg.learner), cfg.tools)
     oracle = [r for tool in cfg.tools for r in oracle_rows(ctx, tool, max(1, len(by_tool[tool]) or cfg.cap))]

@@ -59,7 +59,7 @@ def test_policy_tool_calls_are_executed_against_the_sqlite_world(in_tool_run):
     cfg, _ = in_tool_run
     records = [json.loads(line) for line in (cfg.run_dir() / "records_train.jsonl").read_text().splitlines()]
     # the run's own world, not the counterfactual copy its faithfulness check writes beside it
-    world_db = cfg.run_dir().parent / "worlds" / f"world-s{cfg.world_seed}-p{cfg.people}-u{cfg.unseen_people}.db"
+    world_db = cfg.world_path()
     with sqlite3.connect(world_db) as db:
         for record in records:
             assert record["tool_called"] and record["tool_name"] == "lookup"

@@ -108,7 +108,7 @@ def fine_tune(
     training.output_dir = str(out)
     if not torch.cuda.is_available():
         training.use_cpu = True
-    if training.bf16 and not bf16_on_this_device(True, training.use_cpu):
+    if training.bf16 and not bf16_on_this_device(training.bf16, training.use_cpu):
         training.bf16 = False
         if getattr(training, "mixed_precision", None) == "bf16":  # derived from bf16 when the config was built
             training.mixed_precision = "no"

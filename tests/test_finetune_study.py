@@ -54,7 +54,10 @@ def test_the_study_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path):
     again = main(cfg)  # finished: read back, not trained
     assert again.rows == first.rows and (run / "checkpoints.jsonl").read_text() == before
     (run / "study_row.json").unlink()  # as if interrupted after its last checkpoint
+    assert float((run / "seconds_spent").read_text()) > 0  # what the part before spent, kept at each checkpoint
+    (run / "seconds_spent").write_text("1000.0")
     resumed = main(cfg)
+    assert resumed.rows[0].wall_seconds >= 1000.0  # a resumed run's time counts its earlier parts
     assert resumed.rows[0].steps == 8 and [r.step for r in read_rows(run / "checkpoints.jsonl")] == [2, 4, 6, 8]
     started = json.loads((run / "run.json").read_text())
     assert started["model"] == "default" and Path(started["world"]["target"]).exists()

@@ -120,7 +120,7 @@ class StudyRow(BaseModel):
     hellaswag_source: str | None
     faithful_tool: float = Field(description="counterfactual world: share answering the new value (the tool's)")
     faithful_memory: float = Field(description="counterfactual world: share answering the old value (memory)")
-    wall_seconds: float
+    wall_seconds: float = Field(description="time spent on the run, summed over its resumed parts")
 
 
 class Measures:
@@ -196,7 +196,6 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     from trainers.fine_tune import SFTScriptConfig, fine_tune
     from trainers.options import cuda_available, no_activation_checkpointing
 
-    started = time.perf_counter()
     out = run_dir(cfg, mode, facts)
     finished = out / "study_row.json"
     if finished.exists():
@@ -208,6 +207,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     budget = cfg.budget(mode, facts)
     dialogs = budget * cfg.batch_size[mode] * cfg.gradient_accumulation_steps
     resume = (out / "config.yaml").exists()
+    spent = _Clock(out / "seconds_spent")
     script = SFTScriptConfig(
         mode=mode,
         model=cfg.model,
@@ -275,6 +275,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
                 with rows_path.open("a", encoding="utf-8") as f:
                     f.write(row.model_dump_json() + "\n")
                 last_measured[0] = state.global_step
+                spent.save()
                 logger.info(
                     "%s f=%d step %d: recall %.3f / %.3f, KL %.4f",
                     mode,
@@ -332,10 +333,29 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
         hellaswag_source=swag_source,
         faithful_tool=faithful.tool_rate,
         faithful_memory=faithful.memory_rate,
-        wall_seconds=round(time.perf_counter() - started, 1),
+        wall_seconds=spent.seconds(),
     )
     finished.write_text(row.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return row
+
+
+class _Clock:
+    """A run's time over its resumed parts: what earlier parts spent up to their last checkpoint (kept in ``path``;
+    work after it is redone on resume) plus this part's."""
+
+    def __init__(self, path: Path):
+        self.path, self.started = path, time.perf_counter()
+        try:
+            self.before = float(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.before = 0.0
+
+    def seconds(self) -> float:
+        return round(self.before + time.perf_counter() - self.started, 1)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(f"{self.seconds()}\n", encoding="utf-8")
 
 
 def _load(model_dir: Path) -> tuple[Any, Any]:

@@ -48,9 +48,10 @@ def load_prompts(path: str | os.PathLike[str] | None = None) -> list[Prompt]:
     return [Prompt.model_validate_json(line) for line in text.splitlines() if line.strip()]
 
 
-def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """A prompt as the model is asked it: a user turn in the chat template when there is one, else raw text."""
-    if tokenizer.chat_template:
+def prompt_ids(tokenizer: Any, prompt: str, chat: bool = True) -> list[int]:
+    """A prompt as the model is asked it: a user turn in the chat template when there is one (and ``chat``),
+    else raw text."""
+    if chat and tokenizer.chat_template:
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
         )
@@ -185,11 +186,12 @@ class DivergenceProbe:
         *,
         max_new_tokens: int = 32,
         batch_size: int = 16,
+        chat: bool = True,
     ):
         self.base, self.tokenizer, self.batch_size = base, tokenizer, batch_size
         self.prompts = prompts if prompts is not None else load_prompts()
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.ids = [prompt_ids(tokenizer, p.prompt) for p in self.prompts]
+        self.ids = [prompt_ids(tokenizer, p.prompt, chat) for p in self.prompts]
         self.continuations = greedy_continuations(base, tokenizer, self.ids, max_new_tokens, batch_size)
 
     def measure(self, model: Any, model_tokenizer: Any) -> tuple[Divergence, dict[str, Divergence]]:

@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +39,7 @@ class RetentionReport(BaseModel):
     base: str
     model: str
     prompts: int
+    prompt_format: str
     vocabulary: str = Field(description="the token ids compared, and what was left out")
     divergence: Divergence
     by_category: dict[str, Divergence]
@@ -55,6 +56,11 @@ class RetentionConfig(BaseModel):
         "from, as its run.json records)",
     )
     prompts: str | None = Field(None, description="prompt set JSONL (none: the project's set)")
+    prompt_format: Literal["chat", "text"] = Field(
+        "chat",
+        description="chat: each prompt as a user turn in the base's chat template; text: the raw prompt, as a "
+        "language model continues it (separates chat behaviour from the language model underneath)",
+    )
     max_new_tokens: int = Field(32, ge=1, description="length of the base's greedy continuations")
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
     hellaswag: str = Field("auto", description="auto, hub, sample, none, or a JSONL file in HellaSwag's schema")
@@ -105,7 +111,12 @@ def main(cfg: RetentionConfig) -> RetentionReport:
 
     with tqdm(total=2, desc="retention", unit="stage") as bar:
         probe = DivergenceProbe(
-            base, tokenizer, load_prompts(cfg.prompts), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
+            base,
+            tokenizer,
+            load_prompts(cfg.prompts),
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            chat=cfg.prompt_format == "chat",
         )
         divergence, by_category = probe.measure(model, model_tokenizer)
         bar.update()
@@ -118,6 +129,7 @@ def main(cfg: RetentionConfig) -> RetentionReport:
         base=base_name,
         model=cfg.model,
         prompts=len(probe.prompts),
+        prompt_format=cfg.prompt_format,
         vocabulary=note,
         divergence=divergence,
         by_category=by_category,

@@ -65,6 +65,19 @@ def test_perturbed_copy_diverges(base_and_perturbed, tmp_path):
     assert saved == report
 
 
+def test_text_prompts_skip_the_chat_template(base_and_perturbed):
+    from transformers import AutoTokenizer
+
+    base, perturbed = base_and_perturbed
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    prompt = divergence.load_prompts()[0].prompt
+    chat, text = divergence.prompt_ids(tokenizer, prompt), divergence.prompt_ids(tokenizer, prompt, chat=False)
+    assert text == tokenizer(prompt)["input_ids"] and len(chat) > len(text)
+    report = run(base, perturbed, prompt_format="text")
+    assert report.prompt_format == "text" and report.divergence.kl > 1e-4
+    assert run(base, perturbed).divergence.kl != report.divergence.kl
+
+
 def test_hellaswag_sample_is_loaded_and_its_schema_enforced(tmp_path):
     items = hellaswag.load_items("sample")
     assert len(items) == 24 and all(len(i.endings) == 4 and 0 <= int(i.label) < 4 for i in items)

@@ -2,7 +2,17 @@
 
 from pathlib import Path
 
-from configs.resolve import ConfigError, as_mapping, load_yaml, positive, record, resolve, resolve_preset, usage_error
+from configs.resolve import (
+    ConfigError,
+    as_mapping,
+    load_yaml,
+    peek,
+    positive,
+    record,
+    resolve,
+    resolve_preset,
+    usage_error,
+)
 
 PRESETS = Path(__file__).resolve().parent  # the YAML presets live beside this file
 
@@ -17,6 +27,7 @@ __all__ = [
     "ConfigError",
     "as_mapping",
     "load_yaml",
+    "peek",
     "positive",
     "preset",
     "record",

@@ -364,6 +364,34 @@ def resolve(
     return built
 
 
+def peek(argv: Sequence[str] | None, names: Sequence[str]) -> dict[str, Any]:
+    """The raw values of ``names`` given by flags or the ``--config`` file (flags win), unchecked and possibly
+    partial: for a first progress line printed before the modules that define the options are imported (a
+    trainer's TRL config). ``resolve`` validates them afterwards."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given: dict[str, Any] = {}
+    config: str | None = None
+    for i, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        key, eq, value = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
+        if key == "config":
+            config = value
+        elif key in names:
+            given[key] = value
+    if config:
+        try:
+            from_file = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            from_file = None
+        if isinstance(from_file, dict):
+            given = {k: from_file[k] for k in names if k in from_file} | given
+    return given
+
+
 def _merge(
     found: Mapping[str, Option],
     args: dict[str, Any],

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from evals.ranks import Ranks
 from itl_env.env import ToolUseEnv
-from itl_env.rollout import Policy, RolloutResult, rollout
+from itl_env.rollout import Policy, RolloutResult, rollout, summarise
 from itl_env.tasks import Task
 from itl_env.world import SPLITS, Fact, World
 from tools.registry import ToolRegistry
@@ -36,11 +38,14 @@ class RecallEvaluator:
         max_turns: int = 3,
         batch_size: int = 128,
         seed: int = 0,
+        ranks: Ranks | None = None,
     ):
         if mode not in ("in_tool", "in_weight"):
             raise ValueError(f"unknown mode {mode!r}; valid: in_tool, in_weight")
         self.world, self.mode, self.tool_format, self.registry = world, mode, tool_format, registry
         self.max_turns, self.batch_size, self.seed = max_turns, batch_size, seed
+        # the ranks that evaluate together (every one must call evaluate); by default this process alone
+        self.ranks = ranks or Ranks()
         self.tools = self.env().tools
 
     def env(self) -> ToolUseEnv:
@@ -68,19 +73,37 @@ class RecallEvaluator:
         progress: bool = False,
         desc: str = "eval",
     ) -> RolloutResult:
-        """Play every fact once (records appended to ``out`` as episodes end; ``resume`` keeps those there)."""
-        return rollout(
+        """Play every fact once (records appended to ``out`` as episodes end; ``resume`` keeps those there).
+
+        Evaluated by several ``ranks`` (each must call this), every rank plays its share of the facts; the
+        records are pooled on every rank (the same records, in the same order, as one process would write) and
+        rank 0 writes ``out``.
+        """
+        ranks = self.ranks
+        alone = ranks.size == 1
+        if resume and not alone:
+            raise ValueError("an evaluation resumes in one process only (run it without torchrun)")
+        started = time.perf_counter()
+        share = rollout(
             policy,
             self.env,
             facts,
             mode=self.mode,
             batch_size=self.batch_size,
             seed=self.seed,
-            out=out,
+            out=out if alone else None,
             resume=resume,
-            progress=progress,
-            desc=desc,
+            progress=progress and ranks.main,
+            desc=desc if alone else f"{desc} (rank 0 of {ranks.size})",
+            shard=(ranks.rank, ranks.size),
         )
+        if alone:
+            return share
+        records = ranks.interleave(ranks.gather(share.records))
+        if out is not None and ranks.main:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text("".join(r.model_dump_json() + "\n" for r in records), encoding="utf-8")
+        return RolloutResult(records=records, summary=summarise(records, time.perf_counter() - started))
 
     def evaluate_splits(
         self, policy: Policy, *, sample: int, tag: str, records_dir: Path | None = None, progress: bool = True

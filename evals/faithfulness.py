@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from evals.evaluator import RecallEvaluator
+from evals.ranks import Ranks
 from itl_env.env import domain_scorer
 from itl_env.rollout import Policy
 from itl_env.world import Fact, World, ensure_world
@@ -52,14 +53,18 @@ def faithfulness(
     max_turns: int = 3,
     batch_size: int = 128,
     out: str | Path | None = None,
+    ranks: Ranks | None = None,
 ) -> Faithfulness:
-    """Ask ``policy`` about (a fixed sample of) the facts ``edited`` changed, tools answering from ``edited``."""
+    """Ask ``policy`` about (a fixed sample of) the facts ``edited`` changed, tools answering from ``edited``
+    (shared out over ``ranks``, every one calling this, as ``RecallEvaluator.evaluate`` does)."""
     changed = edited_facts(original, edited)
     if not changed:
         raise ValueError(f"{edited!r} changes no training fact of {original!r}")
     if sample and sample < len(changed):
         changed = random.Random(0).sample(changed, sample)
-    evaluator = RecallEvaluator(edited, mode=mode, tool_format=tool_format, max_turns=max_turns, batch_size=batch_size)
+    evaluator = RecallEvaluator(
+        edited, mode=mode, tool_format=tool_format, max_turns=max_turns, batch_size=batch_size, ranks=ranks
+    )
     records = evaluator.evaluate(policy, [fact for fact, _ in changed], out=out, desc="faithfulness").records
     scorer = domain_scorer()
     old_by_id = {fact.id: old for fact, old in changed}

@@ -4,6 +4,7 @@
     python -m evals.finetune_study --preset gpu      # the paper's settings: 500..10k facts, batch 128 (one H200)
     python -m evals.finetune_study --preset cpu --published ../shared/reference/itl_large_scale_results.csv
     python -m evals.finetune_study --preset tiny --out runs/finetune/tiny   # the plumbing, on a tiny model
+    torchrun --nproc-per-node 8 -m evals.finetune_study --preset gpu   # each run on 8 GPUs (DDP)
     itl-finetune-study --preset cpu                  # the same, installed command
 
 A preset is ``configs/finetune/<name>.yaml``; ``--config FILE`` replaces it; flags override either.
@@ -17,7 +18,6 @@ What is measured and when runs stop: ``trainers.pretrained_study``.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -39,15 +39,21 @@ def main(cfg: PretrainedStudyConfig) -> PretrainedStudyResult:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from evals.ranks import FailedOnRankZero, configure_logging, launched_rank
+
+    configure_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = parse(argv)
     try:
         result = main(cfg)
     except KeyboardInterrupt:
         sys.exit(f"{PROG}: interrupted; run the same command again to resume")
+    except FailedOnRankZero:
+        sys.exit(1)  # rank 0 reports it
     except (OSError, ValueError, RuntimeError) as err:
         sys.exit(f"{PROG}: {err}")
+    if launched_rank() != 0:
+        return
     print((Path(result.out) / "table.md").read_text(encoding="utf-8"))
     print(json.dumps({"out": result.out, "wall_seconds": result.wall_seconds}, indent=2))
 

@@ -76,6 +76,11 @@ def main(cfg: RecallConfig) -> RecallSummary:
     from itl_env.tasks import make_tasks, task_kinds
     from itl_env.world import World
 
+    what = f"{cfg.limit or 'all'} {', '.join(cfg.tasks) if cfg.tasks else cfg.split + ' facts'}"
+    logger.info(
+        "recall of %s (%s backend) on %s of %s, writing to %s",
+        cfg.model, cfg.backend, what, cfg.world or "the default world", cfg.out,
+    )  # fmt: skip
     world = World.open(cfg.world) if cfg.world else default_world()
     policy = None
     try:

@@ -140,11 +140,16 @@ def rollout(
     progress: bool = True,
     desc: str = "rollout",
     variant: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> RolloutResult:
     """Play every fact as one episode; see the module docstring. ``variant`` fixes the question phrasing
-    (default: drawn per episode from ``seed``)."""
+    (default: drawn per episode from ``seed``). ``shard=(k, n)`` plays only the facts at positions k, k + n,
+    k + 2n, ... (one rank's share), each exactly as a run over all of them would (its seed is its position)."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    index, shards = shard
+    if not 0 <= index < shards:
+        raise ValueError(f"shard {index} of {shards} does not exist")
     facts = list(facts)
     previous: list[FactRecord] = []
     if out is not None:
@@ -156,7 +161,7 @@ def rollout(
         elif out.exists():
             out.unlink()
     done = {r.fact_id for r in previous}
-    queue = deque((i, f) for i, f in enumerate(facts) if f.id not in done)
+    queue = deque((i, f) for i, f in enumerate(facts) if f.id not in done and i % shards == index)
     results: dict[int, tuple[FactRecord, list[dict[str, Any]], list[dict[str, Any]]]] = {}
     envs = [env_factory() for _ in range(min(batch_size, len(queue)))]
     live: list[tuple[ToolUseEnv, int, list[int]]] = []  # (env, fact position, tokens per turn)

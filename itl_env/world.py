@@ -384,6 +384,8 @@ def main(argv: list[str] | None = None) -> World:
         [WorldOptions], argv, prog=prog, description="Generate a fact world (SQLite file or SQLAlchemy URL)."
     )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logger.info("building a world of %d people + %d unseen (seed %d) into %s", opts.people, opts.unseen_people,
+                opts.seed, opts.out)  # fmt: skip
     try:
         spec = WorldSpec(seed=opts.seed, people=opts.people, unseen_people=opts.unseen_people, alpha=opts.alpha)
         rows = generate_people(spec)

@@ -190,11 +190,13 @@ def test_trl_reads_the_templates_tool_call_and_runs_it_in_the_environment(shared
     environment = environment_factory(shared_world)()
     question = environment.reset(fact_id=fact.id)
     tools = [environment.lookup]
-    prompt_ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], tools=tools, add_generation_prompt=True, tokenize=True
+    prompt_ids = tokenizer.apply_chat_template(  # as TRL's GRPOTrainer asks for it: a plain list of ids
+        [{"role": "user", "content": question}],
+        tools=tools,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
     )
-    if isinstance(prompt_ids, dict):
-        prompt_ids = prompt_ids["input_ids"]
     call = ToolCall(name="lookup", arguments={"name": fact.person, "attribute": fact.attribute.value})
     text = get_format("hermes").render([call]) + tokenizer.eos_token
     parsed = parse_response(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"], prefix=prompt_ids)

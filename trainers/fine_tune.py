@@ -18,8 +18,7 @@ from typing import Any
 
 from pydantic import Field
 
-from evals.evaluator import RecallEvaluator
-from evals.provenance import write_provenance
+from evals.ranks import Ranks
 from trainers import run_dir
 from trainers.hf_training import (
     GracefulStop,
@@ -29,13 +28,8 @@ from trainers.hf_training import (
     run_result,
     train_and_finish,
 )
-from trainers.options import (
-    RunOptions,
-    RunResult,
-    bf16_on_this_device,
-    cuda_available,
-    no_activation_checkpointing,
-)
+from trainers.options import RunOptions, RunResult, cuda_available, no_activation_checkpointing
+from trainers.run_start import start_run
 
 logger = logging.getLogger("trainers.sft")
 
@@ -82,6 +76,7 @@ def training_defaults() -> dict[str, Any]:
         "max_length": 512,
         "seed": 0,
         "dataloader_num_workers": 0,
+        "ddp_find_unused_parameters": False,  # every parameter takes part: no extra pass over the graph under DDP
         "bf16": False,
         "use_cpu": not cuda_available(),  # TRL checks bf16 against the device when the config is built
         **no_activation_checkpointing(),
@@ -100,35 +95,26 @@ def fine_tune(
     ``callbacks`` are more ``transformers.TrainerCallback``s; ``on_eval(step, summary)`` may stop the run after a
     periodic evaluation (return True), in addition to ``cfg.stop_at_recall``.
     """
-    import torch
     from trl import SFTTrainer
 
     started = time.perf_counter()
-    out = run_dir.check(run_dir.resolve(training.output_dir, "sft", cfg.mode), resume=cfg.resume)
-    training.output_dir = str(out)
-    if not torch.cuda.is_available():
-        training.use_cpu = True
-    if training.bf16 and not bf16_on_this_device(training.bf16, training.use_cpu):
-        training.bf16 = False
-        if getattr(training, "mixed_precision", None) == "bf16":  # derived from bf16 when the config was built
-            training.mixed_precision = "no"
     random.seed(training.seed)
 
-    world = cfg.open_world()
-    try:
-        model, tokenizer = cfg.load_model(seed=training.seed)
-        run_dir.prepare(out, resume=cfg.resume)  # only once the world and the model loaded
-        run_dir.write_config(out, cfg, training)
-        write_provenance(out, kind="sft", model=cfg.model, world=world)
-        metrics = run_dir.MetricsLog(out)
+    def prepare(world: Any) -> tuple[Any, list[Any], list[Any], Any]:
         registry = cfg.registry(world)
-        train_tasks, test_tasks = tool_tasks(world, registry, cfg)
+        return registry, *tool_tasks(world, registry, cfg), load_dataset(cfg.dataset) if cfg.dataset else None
+
+    run = start_run(cfg, training, kind="sft", prepare=prepare)
+    out, world = run.out, run.world
+    try:
+        registry, train_tasks, test_tasks, given = run.prepared
         rows = rows_consumed(training)
-        dataset = load_dataset(cfg.dataset) if cfg.dataset else sft_dataset(world, cfg, rows, registry, train_tasks)
-        evaluator = RecallEvaluator(
-            world, mode=cfg.mode, registry=registry, max_turns=cfg.max_turns, batch_size=cfg.eval_batch_size
-        )
-        recall = ModelRecall(evaluator, tokenizer, cfg, out, facts=FACT_RECALL in cfg.tasks, tasks=test_tasks)
+
+        def build() -> Any:
+            return given if given is not None else sft_dataset(world, cfg, rows, registry, train_tasks)
+
+        dataset = shared_dataset(run.ranks, build, out / "dataset")
+        recall = ModelRecall.of_run(run, cfg, registry, facts=FACT_RECALL in cfg.tasks, tasks=test_tasks)
         stop = GracefulStop()
 
         def should_stop(step: int, summary: dict[str, float]) -> bool:
@@ -144,15 +130,17 @@ def fine_tune(
                 return True
             return on_eval is not None and on_eval(step, summary)
 
+        progress = progress_callback(cfg, stop, recall, on_eval=should_stop)
         trainer = SFTTrainer(
-            model=model,
+            model=run.model,
             args=training,
             train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=lora_config(cfg, tokenizer),
-            callbacks=[progress_callback(cfg, stop, recall, metrics, on_eval=should_stop), *callbacks],
+            processing_class=run.tokenizer,
+            peft_config=lora_config(cfg, run.tokenizer),
+            callbacks=[progress, *callbacks],
         )
-        trained, trainable, final, interrupted = train_and_finish(trainer, cfg, stop, recall, metrics, tokenizer, out)
+        progress.attach(trainer, run.metrics)
+        trained, trainable, final, interrupted = train_and_finish(trainer, progress, run.tokenizer)
         return run_result(RunResult, trainer, cfg, out, trained, trainable, final, interrupted, started)
     finally:
         world.close()
@@ -170,6 +158,23 @@ def tool_tasks(world: Any, registry: Any, cfg: SFTScriptConfig) -> tuple[list[An
         for t in make_tasks(k, world, registry, cfg.task_eval, seed=1000 + i, phrasing="test")
     ]
     return train, test
+
+
+def shared_dataset(ranks: Ranks, build: Callable[[], Any], folder: Path) -> Any:
+    """The training dataset, built once: in a multi-process job rank 0 builds it and saves it in the run directory
+    (a resumed run reads it back), the other ranks load it; TRL then tokenises it once too (its cache sits beside
+    the saved files)."""
+    import datasets
+
+    if ranks.size == 1:
+        return build()
+
+    def make() -> Any:
+        if not folder.exists():
+            build().save_to_disk(str(folder))
+        return datasets.load_from_disk(str(folder))
+
+    return ranks.first(make, then=lambda: datasets.load_from_disk(str(folder)))
 
 
 def load_dataset(path: str) -> Any:

@@ -5,6 +5,7 @@
     python trainers/grpo.py --config configs/grpo_cpu.yaml --model runs/sft-in_tool-.../checkpoint-500   # README demo
     python trainers/grpo.py --model path/to/hf_model --use_vllm true --vllm_mode colocate   # GPU, vLLM rollouts
     python trainers/grpo.py --output_dir runs/my-grpo --resume true                         # continue a run
+    torchrun --nproc-per-node 2 trainers/grpo.py --model runs/sft-in_tool-.../model          # one run, 2 processes
     itl-grpo --model runs/sft-in_tool-.../model                                             # installed command
 
 Each prompt is one fact of a training person; ``num_generations`` rollouts of it see the same
@@ -21,16 +22,17 @@ from __future__ import annotations
 import logging
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from evals.provenance import provenance, write_provenance
+from evals.provenance import provenance
+from evals.ranks import configure_logging
 from trainers import run_dir
 from trainers.options import RunOptions, RunResult, cuda_available, no_activation_checkpointing, parse_args
+from trainers.run_start import start_run, train_cli
 
 logger = logging.getLogger("trainers.grpo")
 
@@ -96,6 +98,7 @@ def training_defaults() -> dict[str, Any]:
         "report_to": "none",
         "seed": 0,
         "dataloader_num_workers": 0,
+        "ddp_find_unused_parameters": False,  # every parameter takes part: no extra pass over the graph under DDP
         "bf16": False,
         "use_cpu": not cuda_available(),  # TRL checks bf16 against the device when the config is built
         **no_activation_checkpointing(),
@@ -109,10 +112,8 @@ def parse(argv: list[str] | None = None) -> tuple[GRPOScriptConfig, Any]:
 
 
 def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
-    import torch
     from trl import GRPOTrainer
 
-    from evals.evaluator import RecallEvaluator
     from itl_env.trl_adapter import answered, environment_factory, grpo_dataset
     from trainers.hf_training import (
         GracefulStop,
@@ -123,7 +124,7 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
         train_and_finish,
     )
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental in TRL 1.16
     started = time.perf_counter()
     _bound_tool_rounds(cfg, training)
@@ -132,34 +133,22 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
             "--use_vllm loads the weights from disk: pass a model directory (an SFT run's model/, or one written "
             "by evals.default_model.save), not 'default'"
         )
-    out = run_dir.check(run_dir.resolve(training.output_dir, "grpo", cfg.mode), resume=cfg.resume)
-    training.output_dir = str(out)
-    if not torch.cuda.is_available():
-        training.use_cpu = True
     random.seed(training.seed)
-
     cfg = _on_the_models_world(cfg)
-    world = cfg.open_world()
-    try:
+
+    def prepare(world: Any) -> Any:
         _check_same_world(cfg.model, world.content_hash)
-        model, tokenizer = cfg.load_model(seed=training.seed)
-        run_dir.prepare(out, resume=cfg.resume)  # only once the world and the model loaded
-        run_dir.write_config(out, cfg, training)
-        write_provenance(out, kind="grpo", model=cfg.model, world=world)
-        metrics = run_dir.MetricsLog(out)
+        return cfg.registry(world)
+
+    run = start_run(cfg, training, kind="grpo", prepare=prepare)
+    out, world, model, tokenizer, metrics = run.out, run.world, run.model, run.tokenizer, run.metrics
+    try:
+        registry = run.prepared
         facts = world.facts("train")
         if cfg.train_facts and cfg.train_facts < len(facts):
             facts = random.Random(training.seed).sample(facts, cfg.train_facts)
         dataset = grpo_dataset(facts, seed=training.seed)
-        registry = cfg.registry(world)
-        evaluator = RecallEvaluator(
-            world, mode=cfg.mode, registry=registry, max_turns=cfg.max_turns, batch_size=cfg.eval_batch_size
-        )
-        recall = ModelRecall(evaluator, tokenizer, cfg, out)
-        initial: dict[str, float] | None = None
-        if cfg.initial_eval and not cfg.resume:
-            initial = recall(model, sample=cfg.final_eval_facts, tag="initial")
-            metrics.write(step=0, **{f"initial/{k}": v for k, v in initial.items()})
+        recall = ModelRecall.of_run(run, cfg, registry)
         stop = GracefulStop()
         last_reward: list[float] = []
 
@@ -167,6 +156,7 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
             if "reward" in logs:
                 last_reward[:] = [logs["reward"]]
 
+        progress = progress_callback(cfg, stop, recall, on_log=keep_reward)
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=[answered],  # weight 0: hands the final answers over; the reward is the environment's
@@ -174,12 +164,17 @@ def main(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=lora_config(cfg, tokenizer),
-            callbacks=[progress_callback(cfg, stop, recall, metrics, on_log=keep_reward)],
+            callbacks=[progress],
             environment_factory=environment_factory(
                 world, registry=registry, offer_tools=cfg.mode == "in_tool", max_turns=cfg.max_turns
             ),
         )
-        trained, trainable, final, interrupted = train_and_finish(trainer, cfg, stop, recall, metrics, tokenizer, out)
+        progress.attach(trainer, metrics)
+        initial: dict[str, float] | None = None
+        if cfg.initial_eval and not cfg.resume:
+            initial = recall(trainer.model, sample=cfg.final_eval_facts, tag="initial")
+            progress.report({f"initial/{k}": v for k, v in initial.items()})
+        trained, trainable, final, interrupted = train_and_finish(trainer, progress, tokenizer)
         return run_result(
             GRPOResult, trainer, cfg, out, trained, trainable, final, interrupted, started,
             initial_train_recall=initial["train_recall"] if initial else None,
@@ -229,14 +224,7 @@ def _check_same_world(model: str, world_hash: str) -> None:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    cfg, training = parse(argv)
-    try:
-        outcome = main(cfg, training)
-    except (run_dir.RunDirError, ValueError, FileNotFoundError) as err:
-        sys.exit(f"{PROG}: error: {err}")
-    outcome.print(PROG)
-    sys.exit(130 if outcome.interrupted else 0)
+    train_cli(PROG, "grpo", parse, main, argv)
 
 
 if __name__ == "__main__":

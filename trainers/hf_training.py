@@ -85,6 +85,19 @@ class ModelRecall:
         self.evaluator, self.tokenizer, self.cfg, self.records = evaluator, tokenizer, cfg, out / "records"
         self.facts, self.tasks = facts, list(tasks)
 
+    @classmethod
+    def of_run(cls, run: Any, cfg: RunOptions, registry: Any, *, facts: bool = True, tasks: Sequence[Any] = ()) -> Any:
+        """The recall of a started run (``trainers.run_start.RunStart``): its world, tools and ranks."""
+        evaluator = RecallEvaluator(
+            run.world,
+            mode=cfg.mode,
+            registry=registry,
+            max_turns=cfg.max_turns,
+            batch_size=cfg.eval_batch_size,
+            ranks=run.ranks,
+        )
+        return cls(evaluator, run.tokenizer, cfg, run.out, facts=facts, tasks=tasks)
+
     def __call__(self, model: Any, *, sample: int, tag: str) -> dict[str, float]:
         self.records.mkdir(parents=True, exist_ok=True)
         policy = HFPolicy(
@@ -107,31 +120,72 @@ def progress_callback(
     cfg: RunOptions,
     stop: GracefulStop,
     recall: ModelRecall,
-    metrics: run_dir.MetricsLog,
     *,
     on_eval: Callable[[int, dict[str, float]], bool] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> Any:
-    """A ``TrainerCallback``: logs to metrics.jsonl, evaluates every ``eval_every`` steps, stops on a signal or
-    when ``on_eval(step, summary)`` says so (a checkpoint is saved first)."""
+    """A ``TrainerCallback`` that evaluates recall every ``eval_every`` steps and at the end of training, stops on a
+    signal or when ``on_eval(step, summary)`` says so (a checkpoint is saved first), and logs every number to
+    metrics.jsonl and to the trackers of ``--report_to``. ``attach(trainer, metrics)`` before training."""
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
+        def __init__(self) -> None:
+            self.cfg, self.stop = cfg, stop
+            self.trainer: Any = None
+            self.metrics: run_dir.MetricsLog | None = None
+            self.final: dict[str, float] | None = None
+            self.waiting: list[dict[str, Any]] = []  # reported before training began: the trackers are not open yet
+            self.waiting_done = False
+
+        def attach(self, trainer: Any, metrics: run_dir.MetricsLog) -> None:
+            """Report through ``trainer`` (to ``metrics`` on the main process); first in line, so that the final
+            evaluation (at ``on_train_end``) reaches the trackers before they close their runs."""
+            self.trainer, self.metrics = trainer, metrics
+            handler = trainer.callback_handler
+            handler.callbacks.insert(0, handler.pop_callback(self))
+
+        def report(self, values: dict[str, Any]) -> None:
+            """``values`` to every callback's ``on_log``: the trackers' and this one's (metrics.jsonl). Before the
+            first step (GRPO's initial recall) they wait until the trackers have opened their runs."""
+            trainer = self.trainer
+            if trainer.state.global_step == 0 and not self.waiting_done:
+                self.waiting.append(values)
+                return
+            trainer.state.log_history.append({**values, "step": trainer.state.global_step})
+            trainer.control = trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, values)
+
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-            if state.is_world_process_zero and logs:
-                metrics.write(step=state.global_step, **logs)
-                if on_log is not None:
-                    on_log(logs)
+            if state.is_world_process_zero and logs and self.metrics is not None:
+                self.metrics.write(step=state.global_step, **logs)
+            if logs and on_log is not None:
+                on_log(logs)
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.flush_waiting()
+
+        def flush_waiting(self) -> None:
+            self.waiting_done = True
+            for values in self.waiting:
+                self.report(values)
+            self.waiting = []
 
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
             if stop.requested:
                 control.should_save = control.should_training_stop = True
                 return
-            if cfg.eval_every and state.global_step % cfg.eval_every == 0 and state.is_world_process_zero:
+            if cfg.eval_every and state.global_step % cfg.eval_every == 0:
+                # every rank plays its share of the facts and gets the same summary, so all stop together
                 summary = recall(model, sample=cfg.eval_sample, tag=f"step{state.global_step}")
-                metrics.write(step=state.global_step, **{f"eval/{k}": v for k, v in summary.items()})
+                self.report({f"eval/{k}": v for k, v in summary.items()})
                 if on_eval is not None and on_eval(state.global_step, summary):
                     control.should_save = control.should_training_stop = True
+
+        def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            self.flush_waiting()
+            if not stop.requested:
+                self.final = recall(model, sample=cfg.final_eval_facts, tag="final")
+                self.report({f"final/{k}": v for k, v in self.final.items()})
 
     return Progress()
 
@@ -177,14 +231,14 @@ def last_checkpoint(out: Path) -> str | None:
     return str(checkpoints[-1])
 
 
-def train_and_finish(
-    trainer: Any, cfg: RunOptions, stop: GracefulStop, recall: ModelRecall, metrics: Any, tokenizer: Any, out: Path
-) -> tuple[Any, int, dict[str, float], bool]:
-    """Train (resuming if asked) until done or stopped; then merge LoRA, save the model and evaluate it.
+def train_and_finish(trainer: Any, progress: Any, tokenizer: Any) -> tuple[Any, int, dict[str, float], bool]:
+    """Train (resuming if asked) until done or stopped, evaluating at the end (``progress``); then merge LoRA and
+    save the model.
 
     Returns (trained model, trainable parameters, final evaluation, interrupted). An interrupted run
     keeps its checkpoints and is neither saved nor evaluated.
     """
+    cfg, stop, out = progress.cfg, progress.stop, Path(trainer.args.output_dir)
     interrupted = False
     stop.install()
     try:
@@ -199,10 +253,9 @@ def train_and_finish(
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     if cfg.lora and cfg.merge_lora:
         trained = trained.merge_and_unload()
-    final = dict.fromkeys(FINAL_KEYS, 0.0)
+    final = progress.final if progress.final is not None and not interrupted else dict.fromkeys(FINAL_KEYS, 0.0)
     if trainer.is_world_process_zero() and not interrupted:
         trained.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")
-        final = recall(trained, sample=cfg.final_eval_facts, tag="final")
-        metrics.write(step=trainer.state.global_step, **{f"final/{k}": v for k, v in final.items()})
+        logger.info("model saved in %s", out / "model")
     return trained, trainable, final, interrupted

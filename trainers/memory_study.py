@@ -273,7 +273,15 @@ class Study:
         busy: set[tuple[str, int]] = set()
         from tqdm import tqdm
 
-        bar = tqdm(desc="study runs", unit="run")
+        if cfg.grid:
+            most = sum(len(widths) for people in cfg.grid.values() for widths in people.values()) * len(cfg.seeds)
+        else:  # a search stops at each cell's threshold: usually well below every width of every cell
+            most = len(self.cells()) * len(cfg.emb_dims) * len(cfg.seeds)
+        logger.info(
+            "memory study %s: %d cells, %s%d runs into %s", cfg.preset, len(self.cells()), "" if cfg.grid else "at most ",
+            most, out,
+        )  # fmt: skip
+        bar = tqdm(total=most, desc="study runs" if cfg.grid else f"study runs (at most {most})", unit="run")
         try:
             while True:
                 (self._schedule_grid if cfg.grid else self._schedule)(in_flight, busy)

@@ -139,6 +139,31 @@ def _not_negative(value: Any) -> str | None:
     return None if value is None or value >= 0 else "must not be negative"
 
 
+# --report_to names whose pip package differs from the name
+TRACKER_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "flyte": "flytekit"}
+
+
+def _trackers_installed(value: Any) -> str | None:
+    """Every tracker named by --report_to is known and importable: else a usage error before anything is written
+    (transformers would fail only when the trainer is built, after the run directory)."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    names = [value] if isinstance(value, str) else list(value or [])
+    names = [n for n in names if n not in ("none", "all")]
+    unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        return f"unknown tracker {unknown[0]!r}; valid: none, all, {', '.join(sorted(INTEGRATION_TO_CALLBACK))}"
+    available = get_available_reporting_integrations()
+    missing = [n for n in names if n not in available]
+    if missing:
+        packages = " ".join(TRACKER_PACKAGES.get(n, n) for n in missing)
+        return f"{', '.join(missing)} is not installed (pip install {packages})"
+    return None
+
+
 # TRL's counts that TRL itself does not check (max_steps -5 would silently mean "3 epochs").
 TRL_CHECKS = {
     "max_steps": _steps,
@@ -157,6 +182,7 @@ TRL_CHECKS = {
     "num_generations": positive,
     "max_completion_length": positive,
     "max_tool_calling_iterations": _not_negative,
+    "report_to": _trackers_installed,
 }
 
 

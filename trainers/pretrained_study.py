@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import configs
+from evals.ranks import Ranks
 
 logger = logging.getLogger("trainers.pretrained_study")
 
@@ -185,8 +186,11 @@ def read_rows(path: Path) -> list[CheckpointRow]:
     return [rows[step] for step in sorted(rows)]
 
 
-def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measures) -> StudyRow:
-    """One (mode, facts) run: fine-tune, measure every checkpoint, stop on training recall, then faithfulness."""
+def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measures | None) -> StudyRow:
+    """One (mode, facts) run: fine-tune, measure every checkpoint, stop on training recall, then faithfulness.
+
+    In a multi-process job every rank trains and plays its share of each evaluation; the main process alone
+    measures against the base (``measures`` is None elsewhere) and writes the run's row."""
     from transformers import TrainerCallback
     from trl import SFTConfig
 
@@ -203,7 +207,10 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     people = max(1, facts // 4)
     worlds = cfg.out_dir() / "worlds"
     world_path = worlds / f"world-{people}-{cfg.unseen_people}-{cfg.world_seed}.db"
-    world = open_or_build(world_path, people=people, unseen_people=cfg.unseen_people, seed=cfg.world_seed)
+    ranks = Ranks.current()
+    world = ranks.first(
+        lambda: open_or_build(world_path, people=people, unseen_people=cfg.unseen_people, seed=cfg.world_seed)
+    )
     budget = cfg.budget(mode, facts)
     dialogs = budget * cfg.batch_size[mode] * cfg.gradient_accumulation_steps
     resume = (out / "config.yaml").exists()
@@ -256,7 +263,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
 
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
             summary = recalls.pop(state.global_step, None)
-            if summary is not None:
+            if summary is not None and measures is not None:  # the main process measures; the others wait
                 t0 = time.perf_counter()
                 row = CheckpointRow(
                     mode=mode,
@@ -297,8 +304,9 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
             hf_batch_size=cfg.eval_batch_size,
             threads=cfg.threads,
         )
-        end = measures.measure(*_load(final_model)) if last_measured[0] != result.steps else None
-        edited = counterfactual_world(world, worlds)
+        measure_end = measures is not None and last_measured[0] != result.steps
+        end = measures.measure(*_load(final_model)) if measure_end else None
+        edited = ranks.first(lambda: counterfactual_world(world, worlds))  # every rank plays its share of it
         try:
             policy = build_policy(policy_cfg, [] if mode == "in_weight" else _tools(world), cache_dir=out)
             faithful = faithfulness(
@@ -309,11 +317,14 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
                 sample=cfg.faithfulness_sample,
                 batch_size=cfg.eval_batch_size,
                 out=out / "records" / "faithfulness.jsonl",
+                ranks=ranks,
             )
         finally:
             edited.close()
     finally:
         world.close()
+    if not ranks.main:  # the main process measured: its row is the run's
+        return ranks.broadcast(None)
     rows = read_rows(rows_path)
     last = rows[-1] if rows else None
     swag_source = measures.hellaswag.label if measures.hellaswag is not None else None
@@ -336,7 +347,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
         wall_seconds=spent.seconds(),
     )
     finished.write_text(row.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    return row
+    return ranks.broadcast(row)
 
 
 class _Clock:
@@ -388,18 +399,26 @@ def run_study(cfg: PretrainedStudyConfig) -> PretrainedStudyResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
+    ranks = Ranks.join()
     out = cfg.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    configs.record(out / "config.yaml", cfg)
-    measures = Measures(cfg)
-    rows = []
+
+    def create() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        configs.record(out / "config.yaml", cfg)
+
+    ranks.first(create, then=lambda: None)
     runs = [(mode, facts) for facts in cfg.facts for mode in cfg.modes]
-    with tqdm(runs, desc="fine-tuning study", unit="run") as bar:
+    processes = f" on {ranks.size} processes" if ranks.size > 1 else ""
+    logger.info("fine-tuning study: %d runs into %s%s; measuring the base model first", len(runs), out, processes)
+    measures = Measures(cfg) if ranks.main else None
+    rows = []
+    with tqdm(runs, desc="fine-tuning study", unit="run", disable=not ranks.main) as bar:
         for mode, facts in bar:
             bar.set_postfix_str(f"{mode} {facts} facts")
             rows.append(train_run(cfg, mode, facts, measures))
-    checkpoints = [r for mode, facts in runs for r in read_rows(run_dir(cfg, mode, facts) / "checkpoints.jsonl")]
-    write_report(out, rows, checkpoints, cfg.published, cfg.results, cfg.preset)
     result = PretrainedStudyResult(out=str(out), rows=rows, wall_seconds=round(time.perf_counter() - started, 1))
-    (out / "study.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n", encoding="utf-8")
+    if ranks.main:
+        checkpoints = [r for mode, facts in runs for r in read_rows(run_dir(cfg, mode, facts) / "checkpoints.jsonl")]
+        write_report(out, rows, checkpoints, cfg.published, cfg.results, cfg.preset)
+        (out / "study.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n", encoding="utf-8")
     return result

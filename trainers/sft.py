@@ -6,7 +6,10 @@
     python trainers/sft.py --mode in_tool --model path/to/hf_model --lora true
     python trainers/sft.py --world data/world.db               # an existing world: its file gives its spec
     python trainers/sft.py --output_dir runs/my-run --resume true   # continue an interrupted run
-    accelerate launch --config_file configs/accelerate/ddp.yaml trainers/sft.py --mode in_tool
+    torchrun --nproc-per-node 2 trainers/sft.py --mode in_tool                         # one run, 2 processes
+    accelerate launch --config_file configs/accelerate/cpu.yaml trainers/sft.py       # 2 CPU processes (gloo)
+    accelerate launch --config_file configs/accelerate/ddp.yaml trainers/sft.py       # every GPU of the machine
+    python trainers/sft.py --report_to tensorboard                                     # loss and recall in TensorBoard
     itl-sft --mode in_tool                                     # the same, installed command
 
 Both modes train on the oracle's trajectories in ``ToolUseEnv`` (in_tool: ask -> call -> read ->
@@ -17,13 +20,12 @@ playing the same environment with the tools executed for real. The library path 
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from typing import Any
 
+from evals.ranks import configure_logging
 from trainers.fine_tune import SFTScriptConfig, fine_tune, training_defaults
 from trainers.options import RunResult, parse_args
+from trainers.run_start import train_cli
 
 PROG = "trainers/sft.py"
 
@@ -35,21 +37,12 @@ def parse(argv: list[str] | None = None) -> tuple[SFTScriptConfig, Any]:
 
 
 def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     return fine_tune(cfg, training)
 
 
 def cli(argv: list[str] | None = None) -> None:
-    from trainers.run_dir import RunDirError
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    cfg, training = parse(argv)
-    try:
-        outcome = main(cfg, training)
-    except (RunDirError, ValueError, FileNotFoundError) as err:
-        sys.exit(f"{PROG}: error: {err}")
-    outcome.print(PROG)
-    sys.exit(130 if outcome.interrupted else 0)
+    train_cli(PROG, "sft", parse, main, argv)
 
 
 if __name__ == "__main__":

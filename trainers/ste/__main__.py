@@ -6,6 +6,7 @@
     python -m trainers.ste evaluate --preset cpu       # base, in-context, STE fine-tuned, oracle fine-tuned
     python -m trainers.ste continual --preset cpu      # tools in rounds, with and without replay
     python -m trainers.ste all --preset tiny --out runs/ste/tiny    # the plumbing on the embedded model
+    torchrun --nproc-per-node 2 trainers/sft.py --dataset runs/ste/cpu/distilled ...   # STE's fine-tune on 2 ranks
     itl-ste all --preset cpu                           # the same, installed command
 
 Outputs in ``runs/ste/<preset>/`` (or ``--out``): explore.jsonl, memory.jsonl, distilled/,
@@ -43,9 +44,21 @@ def main(steps: tuple[str, ...], cfg: SteConfig) -> SteResult:
 
 
 def cli(argv: list[str] | None = None) -> None:
+    from evals.ranks import launched_rank
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     steps, cfg = parse(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # exploration and distillation are one long sequence of generations: they run in one process. What STE
+        # trains on is an SFT dataset, and that fine-tune runs on N processes through trainers/sft.py --dataset.
+        sys.exit(
+            f"{PROG}: runs in one process (launch it with python, not torchrun/accelerate); to fine-tune on N "
+            f"processes, run its distill step, then: torchrun --nproc-per-node N trainers/sft.py --dataset "
+            f"{cfg.out_dir() / 'distilled'} --model {cfg.learner} --tools {cfg.tools_factory}"
+            if launched_rank() == 0
+            else 1
+        )
     try:
         result = main(steps, cfg)
     except (OSError, ValueError, RuntimeError) as err:

@@ -278,6 +278,10 @@ class SteResult(BaseModel):
 
 def run_pipeline(cfg: SteConfig, steps: tuple[str, ...] = ("explore", "distill", "evaluate", "continual")) -> SteResult:
     """The steps asked for, in order; each one's outputs are reused when they exist (see the module docstring)."""
+    logger.info(
+        "STE %s: %s of tools %s, explorer %s, learner %s, writing to %s", cfg.preset, " -> ".join(steps),
+        ", ".join(cfg.tools), cfg.explorer, cfg.learner, cfg.out_dir(),
+    )  # fmt: skip
     import torch
 
     from trainers.ste.explore import read_episodes

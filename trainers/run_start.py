@@ -1,0 +1,114 @@
+"""How a TRL run (SFT, GRPO) starts: everything checked first, then the run directory made, once per job.
+
+Order: the run directory is free (or is a run to resume); the world opens (or is built); the model loads; only
+then is the directory created and config.yaml / run.json written, so a failed start leaves nothing that blocks
+the corrected rerun. Under torchrun / accelerate launch, rank 0 does each of these while the other ranks wait
+(``evals.ranks``): it chooses the directory and sends its name, it builds the world and the others open it.
+The other ranks print nothing but errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from configs import peek
+from evals.provenance import write_provenance
+from evals.ranks import FailedOnRankZero, Ranks, launched_rank
+from itl_env.world import World
+from trainers import run_dir
+from trainers.options import RunOptions, bf16_on_this_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStart:
+    """What a started run holds: its directory, world, model and metrics log, and this process's rank."""
+
+    out: Path
+    world: World
+    model: Any
+    tokenizer: Any
+    metrics: run_dir.MetricsLog
+    ranks: Ranks
+    prepared: Any = None
+
+
+def start_run(cfg: RunOptions, training: Any, *, kind: str, prepare: Callable[[World], Any] | None = None) -> RunStart:
+    """Check, then create, the run of ``cfg`` / ``training`` (TRL's config; its ``output_dir`` is set here).
+
+    ``prepare(world)`` builds what else the run needs from user input (tool registry, tasks, a dataset) or refuses
+    the world, before anything is created; its value is ``RunStart.prepared``. The caller closes ``world``.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        training.use_cpu = True
+    if training.bf16 and not bf16_on_this_device(training.bf16, training.use_cpu):
+        training.bf16 = False
+        if getattr(training, "mixed_precision", None) == "bf16":  # derived from bf16 when the config was built
+            training.mixed_precision = "no"
+    _ = training.device  # joins the process group of a torchrun / accelerate launch job (TRL's own set-up)
+    ranks = Ranks.current()
+
+    def choose() -> str:
+        return str(run_dir.check(run_dir.resolve(training.output_dir, kind, cfg.mode), resume=cfg.resume))
+
+    out = Path(ranks.broadcast(ranks.first(choose, then=lambda: "")))
+    training.output_dir = str(out)
+    world_name = cfg.world or "a world built from the world options"
+    processes = f", {ranks.size} processes" if ranks.size > 1 else ""
+    logger.info("%s %s: run directory %s, world %s, model %s%s", kind, cfg.mode, out, world_name, cfg.model, processes)
+    world = ranks.first(cfg.open_world)
+    try:
+        prepared = ranks.first(lambda: prepare(world)) if prepare is not None else None
+        model, tokenizer = ranks.first(lambda: cfg.load_model(seed=training.seed))
+
+        def create() -> None:
+            run_dir.prepare(out, resume=cfg.resume)
+            run_dir.write_config(out, cfg, training)
+            write_provenance(out, kind=kind, model=cfg.model, world=world)
+
+        ranks.first(create, then=lambda: None)
+    except BaseException:
+        world.close()
+        raise
+    logger.info("world %s (%d training people); model loaded", world.target, len(world.people("train")))
+    return RunStart(out, world, model, tokenizer, run_dir.MetricsLog(out), ranks, prepared)
+
+
+def train_cli(
+    prog: str, kind: str, parse: Callable[[Any], tuple[Any, Any]], main: Callable[..., Any], argv: Any
+) -> None:
+    """A trainer's command line: a first line at once, then parse, run, and a summary (main process only).
+
+    A bad value, file or directory is a one-line error (exit 1) and leaves nothing behind; a rank that waited for
+    rank 0's failing step exits quietly (rank 0 prints the error).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main_process = launched_rank() == 0
+    if main_process and not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+        given = peek(argv, ("mode", "model", "world", "output_dir"))
+        print(
+            f"{prog}: {given.get('mode', 'in_tool')} run of model {given.get('model', 'default')} on world "
+            f"{given.get('world', '(the world options default: data/world-*.db, built if missing)')}, writing to "
+            f"{given.get('output_dir', run_dir.AUTO)}; loading TRL",
+            file=sys.stderr,
+            flush=True,
+        )
+    cfg, training = parse(argv)
+    try:
+        outcome = main(cfg, training)
+    except FailedOnRankZero:
+        sys.exit(1)
+    except (run_dir.RunDirError, ValueError, FileNotFoundError) as err:
+        sys.exit(f"{prog}: error: {err}")
+    if main_process:
+        outcome.print(prog)
+    sys.exit(130 if outcome.interrupted else 0)

@@ -14,7 +14,7 @@ EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 LOCKED := pip install -q --no-deps --require-hashes -r
 PROJECT := pip install -q --no-deps --no-build-isolation -e .
 
-.PHONY: setup sft test lint bench lock
+.PHONY: setup sft test test-fast lint bench lock
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ sft: setup
 test: setup vllm-env
 	$(BIN)/python -m pytest -q -m "not gpu and not vllm"
 	$(VLLM_BIN)/python -m pytest -q -m vllm
+
+# the development lane: no slow, vLLM or GPU test (make test stays the full suite)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not gpu and not vllm"
 
 lock:
 	bash requirements/lock.sh

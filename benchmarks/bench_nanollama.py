@@ -34,42 +34,9 @@ from trainers.nanollama.tokenizer import ByteTokenizer
 
 def hf_twin(model: Llama):
     """``LlamaForCausalLM`` of the same shape holding the same weights."""
-    from transformers import LlamaConfig as HFConfig
-    from transformers import LlamaForCausalLM
+    from trainers.nanollama.export import to_hf
 
-    cfg = model.cfg
-    hf = LlamaForCausalLM(
-        HFConfig(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.emb_dim,
-            intermediate_size=cfg.ffn_dim,
-            num_hidden_layers=cfg.n_layers,
-            num_attention_heads=cfg.n_heads,
-            num_key_value_heads=cfg.n_heads,
-            max_position_embeddings=cfg.max_seq_len,
-            rms_norm_eps=cfg.norm_eps,
-            rope_theta=cfg.rope_theta,
-            tie_word_embeddings=False,
-            attn_implementation="sdpa",
-        )
-    )
-    state = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
-    state["lm_head.weight"] = model.lm_head.weight
-    for i, layer in enumerate(model.layers):
-        p = f"model.layers.{i}."
-        state |= {
-            p + "self_attn.q_proj.weight": layer.attn.q.weight,
-            p + "self_attn.k_proj.weight": layer.attn.k.weight,
-            p + "self_attn.v_proj.weight": layer.attn.v.weight,
-            p + "self_attn.o_proj.weight": layer.attn.out.weight,
-            p + "mlp.gate_proj.weight": layer.ffn.gate.weight,
-            p + "mlp.up_proj.weight": layer.ffn.up.weight,
-            p + "mlp.down_proj.weight": layer.ffn.down.weight,
-            p + "input_layernorm.weight": layer.attn_norm.weight,
-            p + "post_attention_layernorm.weight": layer.ffn_norm.weight,
-        }
-    hf.load_state_dict({k: v.detach().clone() for k, v in state.items()})
-    return hf.to(next(model.parameters()).device)
+    return to_hf(model)
 
 
 def ours_loss(model: Llama, b: PackedBatch) -> torch.Tensor:

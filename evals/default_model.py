@@ -26,7 +26,7 @@ PAD = "<|pad|>"
 
 @dataclass(frozen=True)
 class DefaultModelConfig:
-    """The embedded default model: 2 layers x 128 (689k parameters with its ~1k-token vocabulary), the model
+    """The embedded default model: 2 layers x 128 (528k parameters with its 396-token vocabulary), the model
     ``trainers/sft.py`` trains by default. Heads of 32 dimensions, an MLP 3x as wide as the model."""
 
     hidden_size: int = 128

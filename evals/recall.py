@@ -1,7 +1,7 @@
 """Recall evaluation: a model plays ``ToolUseEnv`` (multi-turn, tools executed for real) on every fact of a split.
 
     python -m evals.recall --model runs/sft/model --backend hf --world data/world.db --split train --limit 1000
-    python -m evals.recall --model runs/sft/model --backend vllm --world data/world.db --split unseen --out results/
+    python -m evals.recall --model runs/sft/model --backend vllm --world data/world.db --split unseen --out runs/recall-vllm
     python -m evals.recall --backend openai --base_url http://127.0.0.1:8000/v1 --world data/world.db --resume
     python -m evals.recall --config configs/recall.yaml --split unseen
     itl-recall --model runs/sft/model --world data/world.db          # the same, installed command
@@ -50,7 +50,7 @@ class RecallConfig(PolicyConfig):
         description="evaluate these tool-task kinds (test phrasings, --limit per kind, default 50) instead of facts",
     )
     limit: int | None = Field(None, ge=1, description="evaluate the first N facts of the split (none: all)")
-    out: str = Field("results", description="output directory")
+    out: str = Field("runs/recall", description="output directory (records-<split>.jsonl, summary, config)")
     resume: bool = Field(False, description="keep the records already in OUT and play only the missing facts")
     max_turns: int = Field(4, ge=1, description="assistant messages per episode")
     batch_size: int = Field(256, ge=1, description="episodes played in lockstep (one generate call per turn)")

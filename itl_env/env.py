@@ -67,6 +67,10 @@ def domain_scorer() -> AnswerScorer:
 
 
 class ToolUseEnv(gym.Env[str, str]):
+    """One multi-turn episode about one fact or task of a world: ``reset`` asks the question; ``step(text)`` runs
+    the tool calls the text makes (an observation is the tools' results) or, without a call, scores the text as
+    the final answer (reward 1.0 if exactly right). ``info["messages"]`` is the conversation in OpenAI format."""
+
     metadata = {"render_modes": ["ansi"]}
 
     def __init__(

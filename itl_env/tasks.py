@@ -7,7 +7,7 @@ reference calls on the world through the registry, for real: the gold is what th
 Fact recall (``Fact``) is the other kind of episode; ``ToolUseEnv`` runs both.
 
 A new tool becomes trainable by writing a ``TaskKind`` for it (``--tasks module:callable``) or by
-letting STE explore it (``trainers.ste``).
+letting STE explore it (``studies.ste``).
 """
 
 from __future__ import annotations

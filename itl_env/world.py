@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 Split = Literal["train", "unseen"]
 SPLITS: tuple[Split, ...] = ("train", "unseen")
 _FIRST_BIRTH_DAY = date(1940, 1, 1)
-_BIRTH_DAYS = (date(2005, 12, 31) - _FIRST_BIRTH_DAY).days + 1
+BIRTH_DAYS = (date(2005, 12, 31) - _FIRST_BIRTH_DAY).days + 1  # birth dates are drawn uniformly from these days
 
 
 @cache
@@ -127,7 +127,7 @@ def _edit(rows: list[dict[str, Any]], spec: WorldSpec) -> None:
         if attribute is Attribute.birth_date:
             current = row[attribute.value]
             while row[attribute.value] == current:
-                row[attribute.value] = format_date(_FIRST_BIRTH_DAY + timedelta(days=int(rng.integers(_BIRTH_DAYS))))
+                row[attribute.value] = format_date(_FIRST_BIRTH_DAY + timedelta(days=int(rng.integers(BIRTH_DAYS))))
         else:
             vocab = atoms(ATTRIBUTE_ATOMS[attribute])
             position = vocab.index(row[attribute.value])
@@ -143,7 +143,7 @@ def _draw(spec: WorldSpec, split: Split, n: int, firsts: tuple[str, ...], stream
     picks = rng.choice(capacity, size=n, replace=False)
     first_idx, last_idx = np.divmod(picks, len(lasts))
     columns: dict[str, list[str]] = {
-        "birth_date": [format_date(_FIRST_BIRTH_DAY + timedelta(days=int(d))) for d in rng.integers(0, _BIRTH_DAYS, n)]
+        "birth_date": [format_date(_FIRST_BIRTH_DAY + timedelta(days=int(d))) for d in rng.integers(0, BIRTH_DAYS, n)]
     }
     for attribute, kind in ATTRIBUTE_ATOMS.items():
         vocab = atoms(kind)
@@ -163,7 +163,7 @@ def _from_last_name(last: str, attribute: Attribute) -> str:
     """The deterministic value of a dependent fact: a stable hash of (last name, attribute)."""
     h = zlib.crc32(f"{last}|{attribute.value}".encode())
     if attribute is Attribute.birth_date:
-        return format_date(_FIRST_BIRTH_DAY + timedelta(days=h % _BIRTH_DAYS))
+        return format_date(_FIRST_BIRTH_DAY + timedelta(days=h % BIRTH_DAYS))
     vocab = atoms(ATTRIBUTE_ATOMS[attribute])
     return vocab[h % len(vocab)]
 

@@ -13,6 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [
     REPO / "README.md",
+    *sorted(REPO.glob("studies/*/README.md")),
     REPO / "Makefile",
     *sorted(REPO.glob("[a-z]*/**/*.py")),
     *sorted(REPO.glob("configs/**/*.yaml")),
@@ -29,10 +30,20 @@ def test_every_config_file_mentioned_exists():
     assert named and sorted(n for n in named if not (REPO / n).is_file()) == []
 
 
-def test_every_result_the_readme_cites_is_in_the_repository():
+READMES = [REPO / "README.md", *sorted(REPO.glob("studies/*/README.md"))]
+
+
+def test_every_result_a_readme_cites_is_in_the_repository():
     """A README number must be auditable: each `results/...` file it names (globs: at least one) is committed."""
-    named = set(re.findall(r"`(results/[^`\s<]+)`", (REPO / "README.md").read_text(encoding="utf-8")))
+    named = {n for p in READMES for n in re.findall(r"`(results/[^`\s<]+)`", p.read_text(encoding="utf-8"))}
     assert named and sorted(n for n in named if not list(REPO.glob(n))) == []
+
+
+def test_every_link_in_a_readme_resolves():
+    for readme in READMES:
+        links = re.findall(r"\]\(([^)#\s]+)\)", readme.read_text(encoding="utf-8"))
+        local = [link for link in links if "://" not in link]
+        assert sorted(link for link in local if not (readme.parent / link).exists()) == [], readme
 
 
 def test_every_make_target_mentioned_exists():

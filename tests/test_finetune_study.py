@@ -9,7 +9,7 @@ import pytest
 
 from evals.faithfulness import counterfactual_world, edited_facts, faithfulness
 from itl_env.oracle import OraclePolicy
-from trainers.pretrained_study import read_rows, stop_rule
+from studies.finetune.study import read_rows, stop_rule
 
 
 def test_an_edited_world_changes_half_the_training_facts_and_nothing_else(world, tmp_path):
@@ -40,7 +40,7 @@ def test_the_stop_rule_looks_at_training_facts_only():
 
 @pytest.mark.slow
 def test_the_study_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path):
-    from evals.finetune_study import main, parse
+    from studies.finetune.__main__ import main, parse
 
     out = tmp_path / "ft"
     cfg = parse(["--preset", "tiny", "--out", str(out), "--modes", "in_tool", "--results", str(tmp_path / "results")])

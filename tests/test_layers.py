@@ -10,17 +10,17 @@ from pathlib import Path
 import grimp
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("configs", "tools", "itl_env", "evals", "trainers")
+PACKAGES = ("configs", "tools", "itl_env", "evals", "trainers", "studies")
 ENTRY_POINTS = {
     "trainers.sft",
     "trainers.grpo",
     "trainers.pretrain",
     "evals.recall",
     "evals.retention",
-    "evals.study",
-    "evals.finetune_study",
     "itl_env.serve_mcp",
-    "trainers.ste.__main__",
+    "studies.memory.__main__",
+    "studies.finetune.__main__",
+    "studies.ste.__main__",
 }
 
 
@@ -49,5 +49,7 @@ def test_no_module_imports_an_entry_point():
 
 def test_world_cli_imports_nothing_above_its_layer():
     graph = grimp.build_graph(*PACKAGES)
-    above = {m for m in graph.find_upstream_modules("itl_env.world") if m.split(".")[0] in ("evals", "trainers")}
+    above = {
+        m for m in graph.find_upstream_modules("itl_env.world") if m.split(".")[0] in ("evals", "trainers", "studies")
+    }
     assert above == set()

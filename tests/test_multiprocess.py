@@ -122,7 +122,7 @@ def test_two_rank_finetune_study_writes_each_row_once(tmp_path):
     out = tmp_path / "study"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [*LAUNCHERS["torchrun"], "-m", "evals.finetune_study", "--preset", "tiny", "--modes", "in_tool",
+        [*LAUNCHERS["torchrun"], "-m", "studies.finetune.__main__", "--preset", "tiny", "--modes", "in_tool",
          "--out", str(out), "--results", str(tmp_path / "results")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -155,7 +155,7 @@ def test_two_rank_sft_trains_on_a_given_dataset_as_stes_fine_tune_does(tmp_path)
 
 
 def test_ste_under_a_multi_process_launch_says_how_to_fine_tune_on_n_ranks(monkeypatch, capsys):
-    from trainers.ste.__main__ import cli
+    from studies.ste.__main__ import cli
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

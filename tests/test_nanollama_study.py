@@ -1,4 +1,4 @@
-"""evals/study.py: the size search, resume, tables, published thresholds and the plot."""
+"""studies/memory/__main__.py: the size search, resume, tables, published thresholds and the plot."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from evals.study import parse
-from evals.study_report import markdown_table, published_thresholds
-from trainers.launch import Launcher
-from trainers.memory_study import SizeSearch, Study, StudyConfig
-from trainers.memory_study import run_study as main
+from studies.memory.__main__ import parse
+from studies.memory.launch import Launcher
+from studies.memory.report import markdown_table, published_thresholds
+from studies.memory.search import SizeSearch, Study, StudyConfig
+from studies.memory.search import run_study as main
 from trainers.nanollama.run import finished_summary
 from trainers.nanollama.train import TrainConfig
 

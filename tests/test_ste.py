@@ -8,10 +8,10 @@ import re
 import pytest
 
 from itl_env.people_tools import registry
-from trainers.ste.distill import distill, is_grounded, verdict
-from trainers.ste.explore import Episode, explore, parse_query
-from trainers.ste.memory import LongTermMemory, Trial
-from trainers.ste.pipeline import round_data
+from studies.ste.distill import distill, is_grounded, verdict
+from studies.ste.explore import Episode, explore, parse_query
+from studies.ste.memory import LongTermMemory, Trial
+from studies.ste.pipeline import round_data
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_parse_query_finds_the_question_inside_a_wrapper(proposal, query):
 
 @pytest.mark.slow
 def test_the_pipeline_runs_end_to_end_on_the_tiny_preset(tmp_path):
-    from trainers.ste.__main__ import main, parse
+    from studies.ste.__main__ import main, parse
 
     steps, cfg = parse(["all", "--preset", "tiny", "--out", str(tmp_path / "ste")])
     result = main(steps, cfg)
@@ -180,7 +180,7 @@ def test_the_pipeline_runs_end_to_end_on_the_tiny_preset(tmp_path):
 
 @pytest.mark.parametrize("text", ["", "not json", "[1, 2]", '{"exploration": {}, "correctness": 3}'])
 def test_a_broken_last_report_is_ignored_not_fatal(tmp_path, text):
-    from trainers.ste.pipeline import _previous
+    from studies.ste.pipeline import _previous
 
     (tmp_path / "ste.json").write_text(text, encoding="utf-8")
     assert _previous(tmp_path) == {}
@@ -188,8 +188,8 @@ def test_a_broken_last_report_is_ignored_not_fatal(tmp_path, text):
 
 
 def test_report_copies_are_named_after_the_run_folder(tmp_path):
-    from trainers.ste.pipeline import SteResult
-    from trainers.ste.report import write_report
+    from studies.ste.pipeline import SteResult
+    from studies.ste.report import write_report
 
     exploration = {"episodes": 1, "with_a_query": 1, "distinct_queries": 1, "duplicates_of_memory": 0,
                    "judged_satisfied": 0, "kept": 0, "kept_per_tool": {}, "explore_seconds": 1.0}  # fmt: skip

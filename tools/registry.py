@@ -51,6 +51,10 @@ class ToolResult(BaseModel):
 
 @dataclass(frozen=True)
 class Tool:
+    """A registered typed function: its name and description, its pydantic argument model and JSON schema (both
+    derived from the signature and docstring by ``@tool``). ``run`` validates arguments and always returns a
+    ``ToolResult``; calling the tool calls the function as written."""
+
     name: str
     description: str
     fn: Callable[..., Any]

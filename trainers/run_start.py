@@ -95,10 +95,11 @@ def train_cli(
     main_process = launched_rank() == 0
     if main_process and not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
         given = peek(argv, ("mode", "model", "world", "output_dir"))
+        mode = given.get("mode", "in_tool")
         print(
-            f"{prog}: {given.get('mode', 'in_tool')} run of model {given.get('model', 'default')} on world "
+            f"{prog}: {mode} run of model {given.get('model', 'default')} on world "
             f"{given.get('world', '(the world options default: data/world-*.db, built if missing)')}, writing to "
-            f"{given.get('output_dir', run_dir.AUTO)}; loading TRL",
+            f"{given.get('output_dir', f'runs/{kind}-{mode}-<time>')}; loading TRL",
             file=sys.stderr,
             flush=True,
         )

@@ -180,6 +180,10 @@ def additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
 
 
 class Llama(nn.Module):
+    """The from-scratch Llama of the memory study: token embedding, ``n_layers`` pre-norm blocks (RoPE attention,
+    SwiGLU MLP), a final RMSNorm and an untied head; ``forward`` gives logits (and a loss given targets),
+    ``step_with_cache`` decodes with a KV cache."""
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.cfg = cfg

@@ -5,7 +5,7 @@ evaluations), ``summary.json`` (``RunSummary``), ``records_train.jsonl`` / ``rec
 (one ``FactRecord`` per question, tools executed for real) and ``checkpoint.pt``. Running the same
 config again resumes from the checkpoint; a finished run returns its summary at once.
 ``pretrain_stacked`` trains runs that differ only in their seed as one stack in one process, each
-ending as its single run would (``python -m evals.study --stack_seeds`` uses it).
+ending as its single run would (``python -m studies.memory --stack_seeds`` uses it).
 """
 
 from __future__ import annotations

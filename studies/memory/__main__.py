@@ -1,14 +1,14 @@
 """The controlled memory study (the paper's Section 5): the smallest nanoLlama that recalls its facts.
 
-    python -m evals.study --preset cpu                      # ~45 min on 2 free CPU cores
-    python -m evals.study --preset cpu --published ../shared/reference/itl_grid4.csv
-    python -m evals.study --config configs/study/paper.yaml --launcher slurm --partition gpu
-    python -m evals.study --preset tiny --out runs/study/tiny --workers 0   # seconds; what the tests run
+    python -m studies.memory --preset cpu                      # ~45 min on 2 free CPU cores
+    python -m studies.memory --preset cpu --published ../shared/reference/itl_grid4.csv
+    python -m studies.memory --config configs/study/paper.yaml --launcher slurm --partition gpu
+    python -m studies.memory --preset tiny --out runs/study/tiny --workers 0   # seconds; what the tests run
     itl-study --preset cpu                                  # the same, installed command
 
 A preset is ``configs/study/<name>.yaml`` and names the default output folder
 (``runs/study/<name>``); ``--config FILE`` replaces the preset file; flags override either. The
-search, the runs it launches and what it writes are described in ``trainers.memory_study``.
+search, the runs it launches and what it writes are described in ``studies.memory.search``.
 """
 
 from __future__ import annotations
@@ -17,25 +17,37 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from trainers.memory_study import StudyConfig, StudyResult, run_study
+if TYPE_CHECKING:  # the study's library imports torch (nanoLlama): loaded after the first line is printed
+    from studies.memory.search import StudyConfig, StudyResult
 
-PROG = "python -m evals.study"
+PROG = "python -m studies.memory"
 
 
 def parse(argv: list[str] | None = None) -> StudyConfig:
     from configs import resolve_preset
+    from studies.memory.search import StudyConfig
 
     (cfg,) = resolve_preset([StudyConfig], argv, prog=PROG, description=__doc__, folder="study")
     return cfg
 
 
 def main(cfg: StudyConfig) -> StudyResult:
+    from studies.memory.search import run_study
+
     return run_study(cfg)
 
 
 def cli(argv: list[str] | None = None) -> None:
+    from configs import peek
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    given = peek(argv, ("preset", "out"))
+    if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+        preset = given.get("preset", "cpu")
+        print(f"{PROG}: memory study, preset {preset}, writing to {given.get('out', f'runs/study/{preset}')}; loading",
+              file=sys.stderr, flush=True)  # fmt: skip
     cfg = parse(argv)
     try:
         result = main(cfg)

@@ -17,8 +17,8 @@ from typing import Any
 
 from itl_env.rollout import Policy
 from itl_env.scoring import normalise
+from studies.ste.explore import Episode, parse_query, parse_verdict
 from tools.registry import ToolRegistry
-from trainers.ste.explore import Episode, parse_query, parse_verdict
 
 JUDGE_PROMPT = (
     "Question: {query}\nTool calls and results:\n{results}\nFinal answer: {answer}\n"

@@ -1,10 +1,10 @@
 """The paper's Section 6 on a pretrained model: fine-tune to recall N facts in-tool and in-weight, measure the cost.
 
-    python -m evals.finetune_study --preset cpu      # SmolLM2-135M-Instruct offline, both modes, 500 facts (2 CPU cores)
-    python -m evals.finetune_study --preset gpu      # the paper's settings: 500..10k facts, batch 128 (one H200)
-    python -m evals.finetune_study --preset cpu --published ../shared/reference/itl_large_scale_results.csv
-    python -m evals.finetune_study --preset tiny --out runs/finetune/tiny   # the plumbing, on a tiny model
-    torchrun --nproc-per-node 8 -m evals.finetune_study --preset gpu   # each run on 8 GPUs (DDP)
+    python -m studies.finetune --preset cpu      # SmolLM2-135M-Instruct offline, both modes, 500 facts (2 CPU cores)
+    python -m studies.finetune --preset gpu      # the paper's settings: 500..10k facts, batch 128 (one H200)
+    python -m studies.finetune --preset cpu --published ../shared/reference/itl_large_scale_results.csv
+    python -m studies.finetune --preset tiny --out runs/finetune/tiny   # the plumbing, on a tiny model
+    torchrun --nproc-per-node 8 -m studies.finetune --preset gpu   # each run on 8 GPUs (DDP)
     itl-finetune-study --preset cpu                  # the same, installed command
 
 A preset is ``configs/finetune/<name>.yaml``; ``--config FILE`` replaces it; flags override either.
@@ -12,7 +12,7 @@ Writes into ``runs/finetune/<preset>/`` (or ``--out``): per run a ``trainers/sft
 with ``checkpoints.jsonl``; ``results.csv`` (one row per run), ``checkpoints.csv`` (one per measured
 step), ``table.md``, ``recall_vs_steps.png`` and ``kl_vs_facts.png`` (``--results`` copies them into
 the repository's ``results/``). Started again, it skips finished runs and resumes an interrupted one.
-What is measured and when runs stop: ``trainers.pretrained_study``.
+What is measured and when runs stop: ``studies.finetune.study``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from trainers.pretrained_study import PretrainedStudyConfig, PretrainedStudyResult, run_study
+from studies.finetune.study import PretrainedStudyConfig, PretrainedStudyResult, run_study
 
-PROG = "python -m evals.finetune_study"
+PROG = "python -m studies.finetune"
 
 
 def parse(argv: list[str] | None = None) -> PretrainedStudyConfig:

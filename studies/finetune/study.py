@@ -10,7 +10,7 @@ relative to the base (``evals.hellaswag``). A run stops once its training-fact r
 copy of its world (half the training facts changed), the share of answers giving the new value
 (from the tool) and the old one (from memory) is measured (``evals.faithfulness``).
 
-The command is ``python -m evals.finetune_study`` (``evals/finetune_study.py``). Each run's
+The command is ``python -m studies.finetune`` (``studies/finetune/__main__.py``). Each run's
 directory is a ``trainers/sft.py`` run directory plus ``checkpoints.jsonl`` (one row per measured
 step) and ``study_row.json`` (the run's row of the table); a finished run is skipped when the study
 is started again, an interrupted one resumes from its last checkpoint.
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import configs
 from evals.ranks import Ranks
 
-logger = logging.getLogger("trainers.pretrained_study")
+logger = logging.getLogger("studies.finetune.study")
 
 Mode = Literal["in_tool", "in_weight"]
 
@@ -394,7 +394,7 @@ def run_study(cfg: PretrainedStudyConfig) -> PretrainedStudyResult:
     import torch
     from tqdm import tqdm
 
-    from evals.finetune_report import write_report
+    from studies.finetune.report import write_report
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

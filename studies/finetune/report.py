@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from evals.study_report import write_csv
+from studies.memory.report import write_csv
 
 PUBLISHED_MODEL = {"in_weight": "Smol135M-weight", "in_tool": "Smol135M-tool"}
 

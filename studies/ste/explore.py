@@ -26,10 +26,10 @@ from itl_env.env import ToolUseEnv
 from itl_env.rollout import Policy, rollout
 from itl_env.tasks import Task
 from itl_env.world import World
+from studies.ste.memory import LongTermMemory, ShortTermMemory, Trial
 from tools.registry import ToolRegistry
-from trainers.ste.memory import LongTermMemory, ShortTermMemory, Trial
 
-logger = logging.getLogger("trainers.ste")
+logger = logging.getLogger("studies.ste")
 
 
 class Episode(BaseModel):

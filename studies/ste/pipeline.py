@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import configs
 
-logger = logging.getLogger("trainers.ste")
+logger = logging.getLogger("studies.ste")
 
 TEST_TASKS = {
     "find_people": "who_was_born_in",
@@ -143,7 +143,7 @@ class Context:
 def explore_step(ctx: Context) -> list[Any]:
     import torch
 
-    from trainers.ste.explore import explore
+    from studies.ste.explore import explore
 
     cfg = ctx.cfg
     torch.manual_seed(cfg.world_seed)  # the imagination step samples
@@ -165,7 +165,7 @@ def explore_step(ctx: Context) -> list[Any]:
 
 
 def distill_step(ctx: Context, episodes: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from trainers.ste.distill import distill, write_dataset
+    from studies.ste.distill import distill, write_dataset
 
     cfg = ctx.cfg
     done = ctx.out / "distilled.jsonl"
@@ -209,9 +209,9 @@ def fine_tune_on(ctx: Context, name: str, rows: list[dict[str, Any]], base: str)
     """Fine-tune ``base`` on ``rows`` into ``out/models/<name>`` (skipped when it is there); its model directory."""
     from trl import SFTConfig
 
+    from studies.ste.distill import write_dataset
     from trainers.fine_tune import SFTScriptConfig, fine_tune
     from trainers.options import no_activation_checkpointing
-    from trainers.ste.distill import write_dataset
 
     cfg = ctx.cfg
     out = ctx.out / "models" / name
@@ -284,8 +284,8 @@ def run_pipeline(cfg: SteConfig, steps: tuple[str, ...] = ("explore", "distill",
     )  # fmt: skip
     import torch
 
-    from trainers.ste.explore import read_episodes
-    from trainers.ste.report import write_report
+    from studies.ste.explore import read_episodes
+    from studies.ste.report import write_report
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -1,6 +1,6 @@
 """Plots of the memory study: parameters needed vs number of facts, log-log, both modes.
 
-from evals.plots import plot_params_vs_facts
+from studies.memory.plots import plot_params_vs_facts
 plot_params_vs_facts(threshold_rows, "runs/study/cpu/params_vs_facts.png", published="itl_grid4.csv")
 """
 
@@ -46,7 +46,7 @@ def plot_params_vs_facts(
                 label=f"{LABELS[mode]}: not reached",
             )
     if published:
-        from evals.study_report import published_thresholds
+        from studies.memory.report import published_thresholds
 
         pub = published_thresholds(published, target)
         for mode in LABELS:

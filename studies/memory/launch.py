@@ -3,7 +3,7 @@
 A job is one ``trainers/pretrain.py`` configuration, or (``stack_seeds``) the seeds of one width
 trained together as one stack (``trainers.nanollama.run.pretrain_stacked``); several GPUs per run
 go through torchrun (DDP). Futures of the jobs' summaries come back to
-``trainers.memory_study.Study``, which only decides what to run next.
+``studies.memory.search.Study``, which only decides what to run next.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import configs
 from trainers.nanollama.run import PretrainConfig
 
 if TYPE_CHECKING:
-    from trainers.memory_study import StudyConfig
+    from studies.memory.search import StudyConfig
 
-logger = logging.getLogger("trainers.memory_study")
+logger = logging.getLogger("studies.memory.search")
 
 
 class SlurmConfig(BaseModel):

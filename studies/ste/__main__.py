@@ -1,17 +1,17 @@
 """STE from the command line: explore, distill, evaluate and continual learning, each step resumable.
 
-    python -m trainers.ste all --preset cpu            # every step (SmolLM2-135M explorer and learner, offline)
-    python -m trainers.ste explore --preset cpu        # only explore (episodes are appended to explore.jsonl)
-    python -m trainers.ste distill --preset cpu        # distilled/ (--dataset for trainers/sft.py) + distilled.jsonl
-    python -m trainers.ste evaluate --preset cpu       # base, in-context, STE fine-tuned, oracle fine-tuned
-    python -m trainers.ste continual --preset cpu      # tools in rounds, with and without replay
-    python -m trainers.ste all --preset tiny --out runs/ste/tiny    # the plumbing on the embedded model
+    python -m studies.ste all --preset cpu            # every step (SmolLM2-135M explorer and learner, offline)
+    python -m studies.ste explore --preset cpu        # only explore (episodes are appended to explore.jsonl)
+    python -m studies.ste distill --preset cpu        # distilled/ (--dataset for trainers/sft.py) + distilled.jsonl
+    python -m studies.ste evaluate --preset cpu       # base, in-context, STE fine-tuned, oracle fine-tuned
+    python -m studies.ste continual --preset cpu      # tools in rounds, with and without replay
+    python -m studies.ste all --preset tiny --out runs/ste/tiny    # the plumbing on the embedded model
     torchrun --nproc-per-node 2 trainers/sft.py --dataset runs/ste/cpu/distilled ...   # STE's fine-tune on 2 ranks
     itl-ste all --preset cpu                           # the same, installed command
 
 Outputs in ``runs/ste/<preset>/`` (or ``--out``): explore.jsonl, memory.jsonl, distilled/,
 distill.json, models/, ste.json, tables.md (``--results results`` copies the tables there). The
-method: ``trainers.ste.explore``, ``distill`` and ``pipeline``.
+method: ``studies.ste.explore``, ``distill`` and ``pipeline``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import logging
 import os
 import sys
 
-from trainers.ste.pipeline import SteConfig, SteResult, run_pipeline
+from studies.ste.pipeline import SteConfig, SteResult, run_pipeline
 
-PROG = "python -m trainers.ste"
+PROG = "python -m studies.ste"
 STEPS = {"explore": ("explore",), "distill": ("distill",), "evaluate": ("evaluate",), "continual": ("continual",),
          "all": ("explore", "distill", "evaluate", "continual")}  # fmt: skip
 

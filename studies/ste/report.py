@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from evals.study_report import write_csv
+from studies.memory.report import write_csv
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -25,7 +25,7 @@ def bits_per_fact() -> float:
     from itl_env.store import Attribute
 
     sizes = {a: len(world.atoms(kind)) for a, kind in world.ATTRIBUTE_ATOMS.items()}
-    sizes[Attribute.birth_date] = world._BIRTH_DAYS  # birth dates are drawn uniformly from this many days
+    sizes[Attribute.birth_date] = world.BIRTH_DAYS
     return sum(math.log2(n) for n in sizes.values()) / len(sizes)
 
 

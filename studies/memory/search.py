@@ -4,7 +4,7 @@ For each mode and number of people, search over the model width for the smallest
 rollout recall on the training facts reaches the target (0.99) within the step budget; every run
 stops as soon as it gets there. In-tool models are also scored on unseen people.
 
-The command is ``python -m evals.study`` (``evals/study.py``); this module is its library.
+The command is ``python -m studies.memory`` (``studies/memory/__main__.py``); this module is its library.
 
 Search: widths come from the ``emb_dims`` grid, assumed monotone (a wider model that fails means
 every narrower one fails). With ``chain`` (default) the people counts of a mode are searched in
@@ -37,7 +37,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import configs
-from evals.study_report import (
+from studies.memory.launch import Launcher, SlurmConfig
+from studies.memory.report import (
     bits_per_fact,
     capacity_report,
     capacity_text,
@@ -47,11 +48,10 @@ from evals.study_report import (
     seed_share_table,
     write_csv,
 )
-from trainers.launch import Launcher, SlurmConfig
 from trainers.nanollama.run import PretrainConfig, RunSummary, check_shape, finished_summary
 from trainers.nanollama.train import TrainConfig
 
-logger = logging.getLogger("trainers.memory_study")
+logger = logging.getLogger("studies.memory.search")
 
 Mode = Literal["in_weight", "in_tool"]
 
@@ -520,7 +520,7 @@ class Study:
         )
         (out / "study.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
         try:
-            from evals.plots import plot_params_vs_facts
+            from studies.memory.plots import plot_params_vs_facts
 
             plot_params_vs_facts(rows, out / "params_vs_facts.png", self.cfg.published, self.cfg.train.target_recall)
         except ImportError as err:  # matplotlib is optional: the tables are the result

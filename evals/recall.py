@@ -25,12 +25,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ConfigDict, Field
 
 from evals.policies import PolicyConfig, build_policy
+from itl_env.formats import FormatName
+from itl_env.oracle import Mode
 from itl_env.rollout import RolloutSummary
+from itl_env.world import Split
 
 logger = logging.getLogger("evals.recall")
 
@@ -41,9 +44,9 @@ class RecallConfig(PolicyConfig):
     model_config = ConfigDict(extra="forbid")
 
     world: str | None = Field(None, description="world SQLite path or SQLAlchemy URL (none: a small generated world)")
-    split: Literal["train", "unseen"] = Field("train", description="people asked about")
-    mode: Literal["in_tool", "in_weight"] = Field("in_tool", description="offer the lookup tool or not")
-    tool_format: Literal["hermes", "find"] = Field("hermes", description="tool-call text format the env parses")
+    split: Split = Field("train", description="people asked about")
+    mode: Mode = Field("in_tool", description="offer the lookup tool or not")
+    tool_format: FormatName = Field("hermes", description="tool-call text format the env parses")
     tools: str | None = Field(None, description="registry factory 'module:callable' (none: the fact tools)")
     tasks: list[str] = Field(
         default_factory=list,

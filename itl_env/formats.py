@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -174,6 +174,7 @@ class FindFormat:
 
 
 FORMATS: dict[str, ToolCallFormat] = {f.name: f for f in (HermesFormat(), FindFormat())}
+FormatName = Literal["hermes", "find"]  # the keys of FORMATS, for typed options
 
 
 def get_format(name: str) -> ToolCallFormat:

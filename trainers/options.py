@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from configs import positive, resolve
+from itl_env.oracle import Mode
 from itl_env.world import World, open_or_build
 
 logger = logging.getLogger(__name__)
-
-Mode = Literal["in_tool", "in_weight"]
 
 
 class RunOptions(BaseModel):

@@ -23,16 +23,15 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 import configs
 from evals.ranks import Ranks
+from itl_env.oracle import Mode
 
 logger = logging.getLogger("studies.finetune.study")
-
-Mode = Literal["in_tool", "in_weight"]
 
 
 class PretrainedStudyConfig(BaseModel):

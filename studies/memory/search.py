@@ -37,6 +37,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import configs
+from itl_env.formats import FormatName
+from itl_env.oracle import Mode
 from studies.memory.launch import Launcher, SlurmConfig
 from studies.memory.report import (
     bits_per_fact,
@@ -52,8 +54,6 @@ from trainers.nanollama.run import PretrainConfig, RunSummary, check_shape, fini
 from trainers.nanollama.train import TrainConfig
 
 logger = logging.getLogger("studies.memory.search")
-
-Mode = Literal["in_weight", "in_tool"]
 
 
 class StudyConfig(BaseModel):
@@ -82,7 +82,7 @@ class StudyConfig(BaseModel):
     )
     unseen_people: int = Field(64, ge=0, description="unseen people for in-tool generalisation")
     world_seed: int = 0
-    tool_format: Literal["find", "hermes"] = "find"
+    tool_format: FormatName = "find"
     train: TrainConfig = Field(default_factory=TrainConfig)
     launcher: Literal["local", "slurm"] = Field("local", description="local process pool or Slurm via submitit")
     workers: int = Field(2, ge=0, description="local worker processes (0 = run in this process)")

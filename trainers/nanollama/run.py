@@ -14,12 +14,14 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import configs
+from itl_env.formats import FormatName
+from itl_env.oracle import Mode
 from trainers.nanollama.model import LlamaConfig
 from trainers.nanollama.train import TrainConfig, TrainResult
 
@@ -36,12 +38,12 @@ CONFIG = "config.yaml"
 class PretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["in_tool", "in_weight"] = Field("in_tool", description="answer from a tool call or from memory")
+    mode: Mode = Field("in_tool", description="answer from a tool call or from memory")
     people: int = Field(256, ge=1, description="training people (4 facts each)")
     unseen_people: int = Field(64, ge=0, description="held-out people for the in-tool generalisation eval")
     world_seed: int = Field(0, description="seed of the fact world")
     world_dir: str = Field("runs/worlds", description="where the SQLite worlds are generated and reused")
-    tool_format: Literal["find", "hermes"] = Field("find", description="tool-call text format (find = the paper's)")
+    tool_format: FormatName = Field("find", description="tool-call text format (find = the paper's)")
     emb_dim: int = Field(32, ge=2, description="model width d (params = 32 d^2 + (2 V + 5) d for 2 layers)")
     n_layers: int = Field(2, ge=1)
     n_heads: int = Field(2, ge=1)

@@ -367,7 +367,8 @@ def resolve(
 def peek(argv: Sequence[str] | None, names: Sequence[str]) -> dict[str, Any]:
     """The raw values of ``names`` given by flags or the ``--config`` file (flags win), unchecked and possibly
     partial: for a first progress line printed before the modules that define the options are imported (a
-    trainer's TRL config). ``resolve`` validates them afterwards."""
+    trainer's TRL config). ``resolve`` validates them afterwards.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     given: dict[str, Any] = {}
     config: str | None = None
@@ -487,7 +488,20 @@ def as_mapping(*instances: Any) -> dict[str, Any]:
             data.update({k: v for k, v in instance.to_dict().items() if k in fields})
         else:
             data.update(dataclasses.asdict(instance))
-    return json.loads(json.dumps(data, default=str))
+    return _without_passwords(json.loads(json.dumps(data, default=str)))
+
+
+def _without_passwords(value: Any) -> Any:
+    """Config values as they may be stored: a database URL keeps no password (it comes from PG* / .pgpass)."""
+    from configs.cli import redact
+
+    if isinstance(value, str):
+        return redact(value, mask=None)
+    if isinstance(value, dict):
+        return {k: _without_passwords(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_passwords(v) for v in value]
+    return value
 
 
 def record(path: str | Path, *instances: Any) -> Path:
@@ -506,7 +520,8 @@ def resolve_preset(
     sections: Sequence[type], argv: Sequence[str] | None, *, prog: str, description: str | None, folder: str
 ) -> tuple[Any, ...]:
     """``resolve`` for a command with presets: ``--preset NAME`` (default ``cpu``) picks ``configs/<folder>/NAME.yaml``
-    as the file under ``--config`` (which replaces it), and sets the sections' ``preset`` option to NAME."""
+    as the file under ``--config`` (which replaces it), and sets the sections' ``preset`` option to NAME.
+    """
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--preset", default="cpu")
     first.add_argument("--config")

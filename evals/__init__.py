@@ -1,0 +1,1 @@
+"""Models, policies and measurements: recall, retention, divergence, HellaSwag and counterfactual faithfulness."""

@@ -27,7 +27,8 @@ PAD = "<|pad|>"
 @dataclass(frozen=True)
 class DefaultModelConfig:
     """The embedded default model: 2 layers x 128 (528k parameters with its 396-token vocabulary), the model
-    ``trainers/sft.py`` trains by default. Heads of 32 dimensions, an MLP 3x as wide as the model."""
+    ``trainers/sft.py`` trains by default. Heads of 32 dimensions, an MLP 3x as wide as the model.
+    """
 
     hidden_size: int = 128
     layers: int = 2
@@ -46,7 +47,8 @@ def template_corpus() -> list[str]:
     """The text the tokenizer's merges are learned from: what the template renders around the facts (roles, the
     tools line, questions, calls, answers), with neither names nor attribute values. A value is copied from the
     tool result into the answer, so it must be made of pieces the model copies everywhere: with whole-word
-    tokens for occupations the default run answered one frequent occupation for most people (recall 0.76)."""
+    tokens for occupations the default run answered one frequent occupation for most people (recall 0.76).
+    """
     tools_line = "lookup(name, attribute: " + "|".join(a.value for a in Attribute) + ")"
     corpus = ["user\nassistant\ntool\nsystem\nTools:\n" + tools_line]
     for attribute in Attribute:

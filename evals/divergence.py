@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Prompt(BaseModel):
+    """One prompt of the set (``evals/data/retention_prompts.jsonl``): its id, its category and its text."""
+
     model_config = ConfigDict(extra="forbid")
 
     id: str
@@ -27,6 +29,8 @@ class Prompt(BaseModel):
 
 
 class Divergence(BaseModel):
+    """How far a model's next-token distributions are from its base's, on the base's continuations."""
+
     model_config = ConfigDict(extra="forbid")
 
     tokens: int
@@ -50,7 +54,8 @@ def load_prompts(path: str | os.PathLike[str] | None = None) -> list[Prompt]:
 
 def prompt_ids(tokenizer: Any, prompt: str, chat: bool = True) -> list[int]:
     """A prompt as the model is asked it: a user turn in the chat template when there is one (and ``chat``),
-    else raw text."""
+    else raw text.
+    """
     if chat and tokenizer.chat_template:
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
@@ -100,7 +105,8 @@ def next_token_log_probs(model: Any, sequences: list[list[int]], pad: int) -> tu
 
 def shared_vocabulary(base_tokenizer: Any, model_tokenizer: Any) -> int:
     """How many token ids both models share: the base's whole vocabulary, which must be the fine-tuned
-    tokenizer's first ids (tokens a fine-tune adds, like ``<tool_call>``, come after them)."""
+    tokenizer's first ids (tokens a fine-tune adds, like ``<tool_call>``, come after them).
+    """
     base_vocab, model_vocab = base_tokenizer.get_vocab(), model_tokenizer.get_vocab()
     differ = [token for token, i in base_vocab.items() if model_vocab.get(token) != i]
     if differ:
@@ -121,7 +127,8 @@ def divergence_terms(
     vocabulary: int | None = None,
 ) -> list[dict[str, list[float]]]:
     """Per prompt, per continuation token: KL, TV, both NLLs and top-1 agreement, over the first ``vocabulary``
-    token ids (default: the smaller model's); each distribution is renormalised over them."""
+    token ids (default: the smaller model's); each distribution is renormalised over them.
+    """
     import torch
 
     rows: list[dict[str, list[float]]] = []

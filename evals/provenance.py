@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from itl_env.store import stored
+
 
 def write_provenance(path: Path, *, kind: str, model: str, world: Any) -> None:
     """run.json: what the run started from (the model, the world and its hash), kept from the run's first start."""
@@ -20,7 +22,7 @@ def write_provenance(path: Path, *, kind: str, model: str, world: Any) -> None:
     info = {
         "kind": kind,
         "model": model,
-        "world": {"target": world.target, "spec": world.spec.model_dump(), "content_hash": world.content_hash},
+        "world": {"target": stored(world.target), "spec": world.spec.model_dump(), "content_hash": world.content_hash},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     target.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -4,7 +4,7 @@ Under ``torchrun`` / ``accelerate launch`` every rank runs the same script. What
 world file, the oracle dataset, the run directory) is made once by rank 0 while the others wait, and then
 opened by them (``Ranks.first``); a choice (the run directory's name) is made by rank 0 and sent to the
 others (``Ranks.broadcast``); evaluation is sharded and its records pooled (``Ranks.gather``). In one process
-every method is a plain call. ``configure_logging`` keeps the other ranks quiet but for errors.
+every method is a plain call. (``configs.cli`` keeps the other ranks quiet but for errors.)
 
 An error on rank 0 inside ``first`` reaches every rank (as ``FailedOnRankZero`` on the others), so no rank
 is left waiting in a collective for the timeout.
@@ -12,38 +12,18 @@ is left waiting in a collective for the timeout.
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from configs.cli import ReportedElsewhere
+
 T = TypeVar("T")
 
 
-class FailedOnRankZero(RuntimeError):
+class FailedOnRankZero(ReportedElsewhere):
     """Rank 0 failed at a step the others were waiting for; rank 0 reports the error itself."""
-
-
-def launched_rank() -> int:
-    """This process's rank as the launcher set it (0 outside torchrun/accelerate), before any process group."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def configure_logging() -> None:
-    """INFO on the main process; only errors from the other ranks of a multi-process job."""
-    main = launched_rank() == 0
-    logging.basicConfig(
-        level=logging.INFO if main else logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if not main:
-        warnings.filterwarnings("ignore")
-        import datasets
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        datasets.disable_progress_bars()
 
 
 @dataclass(frozen=True)
@@ -64,7 +44,8 @@ class Ranks:
     @classmethod
     def join(cls) -> Ranks:
         """Join the process group of a torchrun / accelerate launch job (gloo on CPU, NCCL on GPUs), as TRL's own
-        set-up does, for work before a trainer exists; in one process, nothing."""
+        set-up does, for work before a trainer exists; in one process, nothing.
+        """
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             import torch
             from accelerate import PartialState

@@ -20,9 +20,7 @@ server's first).
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,8 @@ PROG = "python -m evals.recall"
 
 
 class RecallConfig(PolicyConfig):
+    """One recall evaluation: the policy, the world and split asked about, the tools, and where records go."""
+
     model_config = ConfigDict(extra="forbid")
 
     world: str | None = Field(None, description="world SQLite path or SQLAlchemy URL (none: a small generated world)")
@@ -97,7 +97,7 @@ def main(cfg: RecallConfig) -> RecallSummary:
         else:
             facts = world.facts(cfg.split)[: cfg.limit]
         if not facts:
-            raise ValueError(f"the world at {world.target} has no {cfg.split} facts")
+            raise ValueError(f"the world at {world!r} has no {cfg.split} facts")
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         configs.record(out / f"config-{cfg.split}.yaml", cfg)
@@ -152,14 +152,9 @@ def parse(argv: list[str] | None = None) -> RecallConfig:
 
 
 def cli(argv: list[str] | None = None) -> Any:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = parse(argv)
-    try:
-        summary = main(cfg)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"{PROG}: {err}")
-    print(json.dumps(summary.model_dump(), indent=2))
-    return summary
+    from configs.cli import print_json, run_cli
+
+    return run_cli(PROG, lambda args: main(parse(args)), argv, show=print_json)
 
 
 if __name__ == "__main__":

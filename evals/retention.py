@@ -16,9 +16,7 @@ labelled as what it is.
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +32,8 @@ PROG = "python -m evals.retention"
 
 
 class RetentionReport(BaseModel):
+    """What fine-tuning cost a model against its base: divergence (overall and per category) and HellaSwag."""
+
     model_config = ConfigDict(extra="forbid")
 
     base: str
@@ -47,6 +47,8 @@ class RetentionReport(BaseModel):
 
 
 class RetentionConfig(BaseModel):
+    """One retention measurement: the fine-tuned model, its base, the prompts, HellaSwag's items and the device."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="the fine-tuned model: a run's model/ or checkpoint directory (or any model)")
@@ -149,13 +151,9 @@ def parse(argv: list[str] | None = None) -> RetentionConfig:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = parse(argv)
-    try:
-        result = main(cfg)
-    except (OSError, ValueError, RuntimeError) as err:
-        sys.exit(f"{PROG}: {err}")
-    print(json.dumps(result.model_dump(), indent=2))
+    from configs.cli import print_json, run_cli
+
+    run_cli(PROG, lambda args: main(parse(args)), argv, show=print_json)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ def domain_scorer() -> AnswerScorer:
 class ToolUseEnv(gym.Env[str, str]):
     """One multi-turn episode about one fact or task of a world: ``reset`` asks the question; ``step(text)`` runs
     the tool calls the text makes (an observation is the tools' results) or, without a call, scores the text as
-    the final answer (reward 1.0 if exactly right). ``info["messages"]`` is the conversation in OpenAI format."""
+    the final answer (reward 1.0 if exactly right). ``info["messages"]`` is the conversation in OpenAI format.
+    """
 
     metadata = {"render_modes": ["ansi"]}
 
@@ -129,7 +130,8 @@ class ToolUseEnv(gym.Env[str, str]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """Start an episode. ``options``: ``fact`` (a ``Fact``), ``task`` (a tool ``Task``) or ``split``;
-        ``variant`` picks a fact question's phrasing."""
+        ``variant`` picks a fact question's phrasing.
+        """
         super().reset(seed=seed)
         options = options or {}
         task = options.get("task") if isinstance(options, dict) else None

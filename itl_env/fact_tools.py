@@ -10,7 +10,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from itl_env.store import Attribute
-from tools.plugins import PluginError, load_callable
+from tools.plugins import PluginError, call_plugin
 from tools.registry import Tool, ToolError, ToolRegistry, tool
 
 if TYPE_CHECKING:
@@ -45,7 +45,9 @@ _TOOLS: weakref.WeakKeyDictionary[World, list[Tool]] = weakref.WeakKeyDictionary
 def fact_tools(world: World) -> list[Tool]:
     """The fact tools over ``world`` (built once per world)."""
     if world not in _TOOLS:
-        _TOOLS[world] = [tool(FactTools(world).lookup)]
+        # lookup bounds its own time (an indexed SELECT; SQLite's busy timeout, a server's connect and statement
+        # timeouts: store.read_only_engine), so no timer is armed per call, a fifth of a call's cost
+        _TOOLS[world] = [tool(FactTools(world).lookup, time_limit=False)]
     return _TOOLS[world]
 
 
@@ -59,14 +61,19 @@ DEFAULT_TOOLS = "itl_env.fact_tools:fact_registry"
 
 def registry_for(world: World, tools: str | None = None) -> ToolRegistry:
     """The registry built by the factory ``tools`` ("module:callable", called with the world; default: the fact
-    tools). The factory returns a ``ToolRegistry`` or an iterable of tools / typed functions."""
-    factory = load_callable(tools or DEFAULT_TOOLS)
-    made = factory(world)
+    tools). The factory returns a ``ToolRegistry`` or an iterable of tools / typed functions.
+    """
+    reference = tools or DEFAULT_TOOLS
+    made = call_plugin(reference, "--tools", world)
     if isinstance(made, ToolRegistry):
-        return made
-    try:
-        return ToolRegistry(made)
-    except TypeError as err:
-        raise PluginError(
-            f"{tools} returned {type(made).__name__}, not a ToolRegistry or an iterable of tools"
-        ) from err
+        registry = made
+    elif isinstance(made, list | tuple):
+        try:
+            registry = ToolRegistry(made)
+        except (TypeError, ValueError) as err:  # not a tool nor a typed, documented function; a name twice
+            raise PluginError(f"--tools {reference}: {err}") from err
+    else:
+        raise PluginError(f"--tools {reference} returned {type(made).__name__}, not a ToolRegistry or a list of tools")
+    if not registry.names:
+        raise PluginError(f"--tools {reference} returned no tools")
+    return registry

@@ -17,8 +17,12 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tools.text import valid_text, valid_value
+
 
 class ToolCall(BaseModel):
+    """One call of a named tool with its arguments, as every format writes and parses it."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str
@@ -40,6 +44,8 @@ class ParsedTurn(BaseModel):
 
 
 class ToolCallFormat(Protocol):
+    """How tool calls are written into an assistant message and read back from one."""
+
     name: str
 
     def render(self, calls: list[ToolCall], content: str = "") -> str: ...
@@ -58,6 +64,8 @@ def _clip(text: str, limit: int = 80) -> str:
 
 
 class HermesFormat:
+    """The ``hermes`` format: each call one JSON object inside ``<tool_call>`` ... ``</tool_call>``."""
+
     name = "hermes"
     open_tag, close_tag = "<tool_call>", "</tool_call>"
 
@@ -109,7 +117,8 @@ class HermesFormat:
 
     def _object_end(self, text: str, start: int) -> int:
         """Where the closing tag after the ``{...}`` at ``start`` begins (-1 if none follows): strings are
-        skipped whole, and the scan stops at the first ``<`` or ``\\`` outside one."""
+        skipped whole, and the scan stops at the first ``<`` or ``\\`` outside one.
+        """
         scan = _OBJECT_EXTENT.match(text, start)
         return scan.end() if scan is not None and text.startswith(self.close_tag, scan.end()) else -1
 
@@ -134,10 +143,14 @@ class HermesFormat:
                 pass
         if not isinstance(arguments, dict):
             return None, f"tool call arguments must be a JSON object, got {type(arguments).__name__}: {_clip(body)!r}"
-        return ToolCall(name=data["name"], arguments=arguments), ""
+        # a JSON escape like "\ud800" decodes to a lone surrogate: made valid here, so the call's arguments survive
+        # every path they travel afterwards (records, the next prompt's tokenizer, datasets, MCP)
+        return ToolCall(name=valid_text(data["name"]), arguments=valid_value(arguments)), ""
 
 
 class FindFormat:
+    """The paper's ``find`` format: each ``lookup`` call a ``FIND <attribute> FOR <name>`` query in a sql block."""
+
     name = "find"
     tool_name = "lookup"
     _block = re.compile(r"```sql[ \t]*\n?(.*?)```", re.S)
@@ -154,6 +167,7 @@ class FindFormat:
     def parse(self, text: str) -> ParsedTurn:
         calls: list[ToolCall] = []
         errors: list[str] = []
+        text = valid_text(text)  # a raw lone surrogate (a model's, not the environment's) becomes U+FFFD
         for block in self._block.findall(text):
             query = self._query.fullmatch(block.strip())
             if query is None:

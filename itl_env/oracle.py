@@ -22,6 +22,8 @@ MODES: tuple[Mode, ...] = ("in_tool", "in_weight")
 
 
 class OraclePolicy:
+    """The perfect player of ``ToolUseEnv`` in one mode and tool-call format: the writer of the training dialogs."""
+
     def __init__(
         self,
         world: World,

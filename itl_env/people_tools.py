@@ -31,7 +31,7 @@ def parse_date(text: str) -> date:
     try:
         month, day, year = (int(part) for part in text.strip().split("/"))
         return date(year, month, day)
-    except ValueError:
+    except (ValueError, OverflowError):  # not numbers, a month 13, a year past what the platform's dates hold
         raise ToolError(f"{text!r} is not a date written M/D/YYYY, e.g. 7/26/1995") from None
 
 

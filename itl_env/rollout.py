@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from configs import jsonl
 from itl_env.env import ToolUseEnv
 from itl_env.world import Fact
 
@@ -77,6 +78,8 @@ class RolloutSummary(BaseModel):
 
 
 class RolloutResult(BaseModel):
+    """What a rollout returns: one record per episode, their summary and, if kept, the conversations."""
+
     model_config = ConfigDict(extra="forbid")
 
     records: list[FactRecord]
@@ -113,17 +116,8 @@ def summarise(
 
 
 def read_records(path: str | Path) -> list[FactRecord]:
-    """The records of a JSONL file; a torn last line (an interrupted write) is dropped."""
-    records = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        try:
-            records.append(FactRecord.model_validate_json(line))
-        except ValueError:
-            if i != len(lines) - 1:
-                raise
-            logger.warning("dropping a torn last line in %s", path)
-    return records
+    """The records of a JSONL file (``configs.jsonl``: an unfinished last line is skipped, a bad one named)."""
+    return jsonl.read(path, FactRecord.model_validate)
 
 
 def rollout(
@@ -144,7 +138,8 @@ def rollout(
 ) -> RolloutResult:
     """Play every fact as one episode; see the module docstring. ``variant`` fixes the question phrasing
     (default: drawn per episode from ``seed``). ``shard=(k, n)`` plays only the facts at positions k, k + n,
-    k + 2n, ... (one rank's share), each exactly as a run over all of them would (its seed is its position)."""
+    k + 2n, ... (one rank's share), each exactly as a run over all of them would (its seed is its position).
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     index, shards = shard
@@ -157,7 +152,8 @@ def rollout(
         out.parent.mkdir(parents=True, exist_ok=True)
         if resume and out.exists():
             previous = read_records(out)
-            out.write_text("".join(r.model_dump_json() + "\n" for r in previous), encoding="utf-8")
+            out.unlink()
+            jsonl.append(out, previous)
         elif out.exists():
             out.unlink()
     done = {r.fact_id for r in previous}
@@ -167,7 +163,6 @@ def rollout(
     live: list[tuple[ToolUseEnv, int, list[int]]] = []  # (env, fact position, tokens per turn)
     free = list(envs)
     start = time.perf_counter()
-    sink = out.open("a", encoding="utf-8") if out is not None else None
     from tqdm import tqdm
 
     try:
@@ -195,15 +190,12 @@ def rollout(
                     record = _record(info, mode, truncated, tokens)
                     kept = (list(env.messages), list(env.tool_results)) if keep_conversations else ([], [])
                     results[position] = (record, *kept)
-                    if sink is not None:
-                        sink.write(record.model_dump_json() + "\n")
-                        sink.flush()
+                    if out is not None:
+                        jsonl.append(out, [record])
                     free.append(env)
                     bar.update()
                 live = still
     finally:
-        if sink is not None:
-            sink.close()
         for env in envs:
             env.close()
     ordered = [results[i] for i in sorted(results)]

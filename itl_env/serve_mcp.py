@@ -12,7 +12,6 @@ the fact tools) and served by ``tools.mcp`` as it is. stdout is the stdio wire: 
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +22,8 @@ PROG = "python -m itl_env.serve_mcp"
 
 
 class ServeOptions(BaseModel):
+    """Which world and tools to serve, and over which transport."""
+
     model_config = ConfigDict(extra="forbid")
 
     world: str = Field(description="the world to serve: SQLite file path or SQLAlchemy URL")
@@ -35,24 +36,30 @@ class ServeOptions(BaseModel):
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m itl_env.serve_mcp`` / ``itl-mcp`` (``configs.run_cli``: a bad world or plug-in is one line)."""
+    from configs.cli import run_cli
+
+    run_cli(PROG, serve_world, argv)
+
+
+def serve_world(argv: list[str] | None) -> None:
     from configs import resolve
     from itl_env.fact_tools import registry_for
+    from itl_env.store import shown
     from itl_env.world import World
     from tools.mcp import build_server, serve
     from tools.plugins import PluginError
 
     (opts,) = resolve([ServeOptions], argv, prog=PROG, description="Serve a world's tools over MCP.")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         world = World.open(opts.world)
     except (OSError, ValueError) as err:
-        sys.exit(f"{PROG}: cannot open world {opts.world!r}: {err}")
+        raise ValueError(f"cannot open world {shown(opts.world)!r}: {err}") from err
     try:
-        registry = registry_for(world, opts.tools)
-    except PluginError as err:
-        world.close()
-        sys.exit(f"{PROG}: --tools: {err}")
-    try:
+        try:
+            registry = registry_for(world, opts.tools)
+        except PluginError as err:
+            raise PluginError(f"--tools: {err}") from err
         logger.info("%r: serving tools %s over %s", world, ", ".join(registry.names), opts.transport)
         serve(build_server(registry), opts.transport, opts.host, opts.port)
     finally:

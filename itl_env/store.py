@@ -35,14 +35,23 @@ from sqlalchemy import (
     Text,
     bindparam,
     create_engine,
-    event,
     inspect,
     pool,
     select,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
+from configs.cli import one_line, redact
+
+SERVER_TIMEOUT_S = 5  # a server world's connect and statement timeouts: a lookup never waits longer (tools' is 10 s)
 PEOPLE_TABLE = "people"
 META_TABLE = "world_meta"
 
@@ -78,6 +87,10 @@ class WorldExistsError(FileExistsError):
     """Something is already at the target and replacing it was not asked for."""
 
 
+class StoreUnavailableError(ConnectionError):
+    """The database server cannot be reached (down, restarting, refusing connections); a later call may succeed."""
+
+
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
@@ -89,6 +102,18 @@ def is_url(target: str | os.PathLike[str]) -> bool:
 def canonical(target: str | os.PathLike[str]) -> str:
     """``target`` as given for a URL, as an absolute path for a file (so it means the same from any directory)."""
     return target if is_url(target) else str(Path(target).expanduser().resolve())
+
+
+def shown(target: str | os.PathLike[str]) -> str:
+    """``target`` as it may be printed or logged: a URL's password replaced by ``***`` (``configs.redact``)."""
+    return redact(str(target))
+
+
+def stored(target: str | os.PathLike[str]) -> str:
+    """``target`` as it may be written to a file (run.json, config.yaml): a URL without its password. Opened
+    again, the password comes from the standard PG* environment variables or ``~/.pgpass``.
+    """
+    return redact(str(target), mask=None)
 
 
 def sqlite_file(target: str | os.PathLike[str]) -> Path | None:
@@ -120,7 +145,7 @@ def _sqlite_engine(path: Path, *, read_only: bool) -> Engine:
 
     def connect() -> sqlite3.Connection:
         # check_same_thread off: read-only connections are safe to share, and the writer uses one thread
-        return sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=SERVER_TIMEOUT_S)  # busy wait bound
 
     return create_engine("sqlite://", creator=connect, poolclass=pool.QueuePool)
 
@@ -160,12 +185,20 @@ def write_world(
 
 
 def _write_server(url: str, rows: Iterable[Mapping[str, Any]], meta: Mapping[str, Any], *, force: bool) -> str:
-    engine = create_engine(_url(url))
+    try:
+        engine = create_engine(_url(url))
+    except ModuleNotFoundError as err:
+        raise NotAWorldError(f"cannot write to {shown(url)}: {_missing_driver(err)}") from err
     try:
         with engine.begin() as conn:
+            schema = _search_path_schema(_url(url))
+            if schema is not None:  # a world in its own schema (world_at): created on first write
+                conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             present = set(inspect(conn).get_table_names()) & {PEOPLE_TABLE, META_TABLE}
             if present and not force:
-                raise WorldExistsError(f"{url} already holds tables {sorted(present)}; pass --force to replace them")
+                raise WorldExistsError(
+                    f"{shown(url)} already holds tables {sorted(present)}; pass --force to replace them"
+                )
             metadata.drop_all(conn)
             metadata.create_all(conn)
             _insert(conn, rows, meta)
@@ -213,7 +246,7 @@ def holds_anything(target: str | os.PathLike[str]) -> bool:
     try:
         return bool(inspect(engine).get_table_names())
     except SQLAlchemyError as err:
-        raise NotAWorldError(f"cannot reach {target}: {err}") from err
+        raise StoreUnavailableError(f"cannot reach {shown(target)}: {one_line(err)}") from err
     finally:
         engine.dispose()
 
@@ -225,18 +258,67 @@ def read_only_engine(target: str | os.PathLike[str]) -> Engine:
         if not path.is_file():
             raise FileNotFoundError(f"no world file at {path}; create one with: python -m itl_env.world --out {path}")
         return _sqlite_engine(path, read_only=True)
+    url = _url(str(target))
+    # PostgreSQL: every transaction of the session read-only from its start, set by the server at connection time
+    # (a SET sent afterwards inside a transaction is undone by that transaction's rollback). pre-ping: a connection
+    # a restarted server dropped is replaced at checkout instead of failing the next query.
+    options = {}
+    if _postgres(url):  # merged with the URL's own options (a world's schema: -csearch_path=...), not replacing them
+        given = url.query.get("options", "")
+        limits = f"-c default_transaction_read_only=on -c statement_timeout={SERVER_TIMEOUT_S * 1000}"
+        options = {"connect_args": {"options": f"{given} {limits}".strip(), "connect_timeout": SERVER_TIMEOUT_S}}
     try:
-        engine = create_engine(_url(str(target)))
-    except SQLAlchemyError as err:  # an unknown dialect or a missing driver
-        raise NotAWorldError(f"cannot open {target}: {err}") from err
-    if engine.dialect.name == "postgresql":
+        return create_engine(url, pool_pre_ping=True, **options)
+    except SQLAlchemyError as err:  # an unknown dialect
+        raise NotAWorldError(f"cannot open {shown(target)}: {err}") from err
+    except ModuleNotFoundError as err:  # a dialect whose driver is not installed
+        raise NotAWorldError(f"cannot open {shown(target)}: {_missing_driver(err)}") from err
 
-        @event.listens_for(engine, "connect")
-        def _read_only(dbapi_conn: Any, _record: Any) -> None:
-            with dbapi_conn.cursor() as cursor:
-                cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
 
-    return engine
+def world_at(location: str | os.PathLike[str], name: str) -> str:
+    """The target of the world called ``name`` under ``location``: ``<location>/<name>.db`` for a folder; for a
+    PostgreSQL URL, the schema ``name`` of that database (``?options=-csearch_path=<name>``, created on write).
+    """
+    if not is_url(location):
+        return str(Path(location) / f"{name}.db")
+    url = _url(str(location))
+    if not _postgres(url):
+        raise NotAWorldError(f"{shown(location)}: worlds are kept in a folder or in a PostgreSQL database's schemas")
+    schema = re.sub(r"[^a-z0-9_]", "_", name.lower())[:63]
+    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
+def drop_world(target: str | os.PathLike[str]) -> None:
+    """Remove the world at ``target``: its file, or its schema (``world_at``) or tables on a server."""
+    path = sqlite_file(target)
+    if path is not None:
+        path.unlink(missing_ok=True)
+        return
+    engine = create_engine(_url(str(target)))
+    try:
+        with engine.begin() as conn:
+            schema = _search_path_schema(engine.url)
+            if schema is not None:
+                conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            else:
+                metadata.drop_all(conn)
+    finally:
+        engine.dispose()
+
+
+def _search_path_schema(url: Any) -> str | None:
+    """The schema a ``-csearch_path=NAME`` (or ``-c search_path=NAME``) option of ``url`` names, if one."""
+    match = re.search(r"-c\s*search_path\s*=\s*([a-z0-9_]+)", str(url.query.get("options", "")))
+    return match.group(1) if match else None
+
+
+def _postgres(url: Any) -> bool:
+    return url.get_backend_name() == "postgresql"
+
+
+def _missing_driver(err: ModuleNotFoundError) -> str:
+    extra = " (pip install 'itl[postgres]')" if err.name and err.name.startswith("psycopg") else ""
+    return f"its database driver {err.name!r} is not installed{extra}"
 
 
 def read_world(engine: Engine, where: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -284,11 +366,43 @@ class PeopleIndex:
         self._local = threading.local()
 
     def value(self, name: str, attribute: Attribute) -> str | None:
+        """The attribute's value for the person called ``name``, or None. A connection the server dropped (a
+        restart) is replaced and the query tried once more; a server that stays away is ``StoreUnavailableError``.
+        """
         params: Any = (name,) if self._positional else {"name": name}
-        cursor = self._cursor()
-        cursor.execute(self._sql[attribute], params)
-        row = cursor.fetchone()
-        return None if row is None else row[0]
+        for attempt in (1, 2):
+            try:
+                cursor = self._cursor()
+                cursor.execute(self._sql[attribute], params)
+                row = cursor.fetchone()
+                return None if row is None else row[0]
+            except Exception as err:
+                if not self._lost_connection(err):
+                    raise
+                self._discard()
+                if attempt == 2:
+                    raise StoreUnavailableError(f"the database is unreachable: {one_line(err)}") from err
+        raise AssertionError("unreachable")
+
+    def _lost_connection(self, err: Exception) -> bool:
+        """Whether ``err`` says the server connection is gone (a file database has no connection to lose)."""
+        if self.engine.dialect.name == "sqlite":
+            return False
+        dbapi = self.engine.dialect.loaded_dbapi
+        connection = (
+            dbapi.OperationalError,
+            dbapi.InterfaceError,
+            OperationalError,
+            InterfaceError,
+            DisconnectionError,
+        )
+        return isinstance(err, connection)
+
+    def _discard(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.invalidate()  # a broken connection goes out of the pool instead of back into it
+        self._local.conn = self._local.cursor = None
 
     def _cursor(self) -> Any:
         # one connection and one reused cursor per thread: opening a cursor per lookup costs as much as the query

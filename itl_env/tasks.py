@@ -25,7 +25,7 @@ from itl_env.formats import ToolCall
 from itl_env.scoring import _trie_pattern, normalise
 from itl_env.store import Attribute
 from itl_env.world import World, format_date
-from tools.plugins import load_callable
+from tools.plugins import PluginError, call_plugin
 from tools.registry import ToolRegistry
 
 Gold = int | str | list[str]
@@ -149,7 +149,8 @@ _DATE = re.compile(r"\d{1,2}/\d{1,2}/\d{1,4}")
 
 class TaskScorer:
     """Exact scoring of tool tasks: a number must be the only number stated (dates aside); a list of names must
-    name every gold person and no other person of the world; a text must stand alone."""
+    name every gold person and no other person of the world; a text must stand alone.
+    """
 
     def __init__(self, names: Iterable[str]):
         values = {normalise(n) for n in names} - {""}
@@ -270,6 +271,23 @@ def task_kinds(references: Sequence[str]) -> list[TaskKind]:
             continue
         if ":" not in reference:
             raise ValueError(f"unknown task {reference!r}; built in: {', '.join(built_in)}, or give module:callable")
-        made = load_callable(reference)()
-        kinds += [made] if isinstance(made, TaskKind) else list(made)
+        made = call_plugin(reference, "--tasks")
+        if isinstance(made, TaskKind):
+            made = [made]
+        if not isinstance(made, list | tuple) or not made or not all(isinstance(k, TaskKind) for k in made):
+            raise PluginError(
+                f"--tasks {reference} returned {_shape(made)}, not a TaskKind or a non-empty list of TaskKinds"
+            )
+        kinds += made
+    names = [kind.name for kind in kinds]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise PluginError(f"--tasks names the task kind(s) {', '.join(repeated)} more than once (from {references})")
     return kinds
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        inner = sorted({type(v).__name__ for v in value})
+        return f"a {type(value).__name__} of {', '.join(inner)}" if inner else f"an empty {type(value).__name__}"
+    return type(value).__name__

@@ -32,7 +32,8 @@ def oracle_conversations(
 ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
     """(conversations, tools shown) of the oracle playing every fact (or tool task) once, the tools of
     ``registry`` (default: the fact tools) offered; ``seed`` draws each fact question's phrasing, or ``variant``
-    fixes it."""
+    fixes it.
+    """
     offer_tools = mode == "in_tool"
 
     def env_factory() -> ToolUseEnv:
@@ -63,7 +64,8 @@ def oracle_conversations(
 def training_row(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> dict[str, Any]:
     """One ``{messages, tools}`` dataset row, with tool-call arguments and the tools as JSON text: Arrow would
     otherwise merge the argument objects of different tools into one struct (every call gaining the others'
-    keys as nulls). The chat template writes a JSON-text argument as is; TRL decodes the tools."""
+    keys as nulls). The chat template writes a JSON-text argument as is; TRL decodes the tools.
+    """
     written = []
     for message in messages:
         calls = message.get("tool_calls")
@@ -75,6 +77,40 @@ def training_row(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | N
             message = {**message, "tool_calls": calls}
         written.append(message)
     return {"messages": written, "tools": json.dumps(tools) if tools else None}
+
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def row_problem(row: Any, tool_names: set[str]) -> str | None:
+    """Why ``row`` is not a ``training_row`` the trainers can learn from (None if it is one): a list of
+    messages with known roles and text content, at least one assistant message, every tool call naming one of
+    ``tool_names`` with a JSON object as arguments.
+    """
+    messages = row.get("messages") if isinstance(row, dict) else None
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list of messages"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            role = message.get("role") if isinstance(message, dict) else type(message).__name__
+            return f"message {i}: role {role!r} is not one of {', '.join(ROLES)}"
+        if message.get("content") is not None and not isinstance(message["content"], str):
+            return f"message {i}: content must be text"
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
+            if name not in tool_names:
+                return f"message {i}: a call of {name!r}, which is not a tool of this run ({', '.join(sorted(tool_names))})"
+            arguments = function.get("arguments")
+            try:
+                decoded = json.loads(arguments) if isinstance(arguments, str) else arguments
+            except ValueError:
+                return f"message {i}: the arguments of {name} are not JSON: {str(arguments)[:80]!r}"
+            if not isinstance(decoded, dict):
+                return f"message {i}: the arguments of {name} must be a JSON object"
+    if not any(m["role"] == "assistant" for m in messages):
+        return "no assistant message: nothing to learn"
+    return None
 
 
 def _json(arguments: Any) -> str:
@@ -94,7 +130,8 @@ def sft_dataset(
     tasks: Sequence[Task] = (),
 ) -> Any:
     """A ``datasets.Dataset`` of ``{"messages", "tools"}`` rows: every fact ``epochs`` times, phrased anew each
-    time, and every tool task once (the caller draws as many as it wants, in train phrasings)."""
+    time, and every tool task once (the caller draws as many as it wants, in train phrasings).
+    """
     from datasets import Dataset
 
     rows = []

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import zlib
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -80,7 +79,8 @@ class WorldSpec(BaseModel):
 
     def counterfactual(self, share: float, seed: int = 0) -> WorldSpec:
         """The same people with ``share`` of the training facts changed to other valid values (a model that answers
-        from the tool gives the new values; one that answers from memory, the old)."""
+        from the tool gives the new values; one that answers from memory, the old).
+        """
         return self.model_copy(update={"edited_share": share, "edit_seed": seed})
 
     @property
@@ -221,7 +221,8 @@ def open_or_build(
     seed: int | None = None,
 ) -> World:
     """The world at ``target`` if one is there (it records its own spec: options given must agree with it), else
-    one built from the options (``WorldSpec`` defaults for those not given) at ``target`` or its default path."""
+    one built from the options (``WorldSpec`` defaults for those not given) at ``target`` or its default path.
+    """
     given = {k: v for k, v in {"people": people, "unseen_people": unseen_people, "seed": seed}.items() if v is not None}
     fallback = WorldSpec(**{"people": 5000, "unseen_people": 250, **given})
     target = target if target is not None else fallback.default_path()
@@ -312,7 +313,7 @@ class World:
         self.engine.dispose()
 
     def __repr__(self) -> str:
-        return f"World({self.target!r}, people={self.spec.people}, unseen={self.spec.unseen_people}, hash={self.content_hash[:12]})"
+        return f"World({store.shown(self.target)!r}, people={self.spec.people}, unseen={self.spec.unseen_people}, hash={self.content_hash[:12]})"
 
 
 def _verified(meta: dict[str, Any], rows: list[dict[str, Any]], where: str) -> tuple[WorldSpec, str]:
@@ -356,7 +357,8 @@ def _first_error(err: ValueError) -> str:
 @cache
 def domain_vocabulary() -> dict[Attribute, frozenset[str]]:
     """Every value each categorical attribute can take (its whole domain, not only the values of one world):
-    what counts as a candidate value when scoring, so a hedge naming any valid value is caught."""
+    what counts as a candidate value when scoring, so a hedge naming any valid value is caught.
+    """
     return {attribute: frozenset(atoms(kind)) for attribute, kind in ATTRIBUTE_ATOMS.items()}
 
 
@@ -374,23 +376,31 @@ class WorldOptions(BaseModel):
 
 
 def main(argv: list[str] | None = None) -> World:
+    """``python -m itl_env.world`` / ``itl-world``: build a world and print where it went (``configs.run_cli``)."""
+    from configs.cli import run_cli
+
+    return run_cli(WORLD_PROG, write_world_cli, argv)
+
+
+WORLD_PROG = "python -m itl_env.world"
+
+
+def write_world_cli(argv: list[str] | None) -> World:
     from sqlalchemy.exc import SQLAlchemyError
     from tqdm import tqdm
 
     from configs import resolve, usage_error
 
-    prog = "python -m itl_env.world"
     (opts,) = resolve(
-        [WorldOptions], argv, prog=prog, description="Generate a fact world (SQLite file or SQLAlchemy URL)."
+        [WorldOptions], argv, prog=WORLD_PROG, description="Generate a fact world (SQLite file or SQLAlchemy URL)."
     )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     logger.info("building a world of %d people + %d unseen (seed %d) into %s", opts.people, opts.unseen_people,
-                opts.seed, opts.out)  # fmt: skip
+                opts.seed, store.shown(opts.out))  # fmt: skip
     try:
         spec = WorldSpec(seed=opts.seed, people=opts.people, unseen_people=opts.unseen_people, alpha=opts.alpha)
         rows = generate_people(spec)
     except ValueError as err:
-        usage_error(prog, str(err))
+        usage_error(WORLD_PROG, str(err))
     try:
         with tqdm(total=2, desc="world", unit="step") as bar:
             bar.set_postfix_str("writing")
@@ -398,14 +408,14 @@ def main(argv: list[str] | None = None) -> World:
             bar.update()
             world = World.open(opts.out)
             bar.update()
-    except (OSError, SQLAlchemyError, store.NotAWorldError) as err:  # an unwritable path, an unknown URL or driver
-        sys.exit(f"{prog}: error: cannot write a world to {opts.out}: {err}")
+    except (OSError, SQLAlchemyError) as err:  # an unwritable path, an unknown URL or driver, a refusing server
+        raise OSError(f"cannot write a world to {store.shown(opts.out)}: {err}") from err
     logger.info(
         "%d people (%d unseen), %d facts -> %s (sha256 %s)",
         len(rows),
         spec.unseen_people,
         4 * len(rows),
-        world.target,
+        store.shown(world.target),
         world.content_hash[:16],
     )
     return world

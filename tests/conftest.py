@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,3 +46,32 @@ def file_sha256() -> Callable[[str | os.PathLike[str]], str]:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
     return digest
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL server for the session (``tests/postgres_server.py``), stopped and removed at the end."""
+    from postgres_server import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's server, for one test (URL with its password)."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    return postgres_server.create_database(f"{name}_{os.getpid()}_{next(_DATABASES)}")
+
+
+_DATABASES = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's world goes, once per store: a SQLite file, and a database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "world.db")
+    return request.getfixturevalue("postgres_url")

@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [
     REPO / "README.md",
-    *sorted(REPO.glob("studies/*/README.md")),
+    *sorted(REPO.glob("*/README.md")),
     REPO / "Makefile",
     *sorted(REPO.glob("[a-z]*/**/*.py")),
     *sorted(REPO.glob("configs/**/*.yaml")),
@@ -30,7 +30,7 @@ def test_every_config_file_mentioned_exists():
     assert named and sorted(n for n in named if not (REPO / n).is_file()) == []
 
 
-READMES = [REPO / "README.md", *sorted(REPO.glob("studies/*/README.md"))]
+READMES = [REPO / "README.md", *sorted(REPO.glob("*/README.md")), *sorted(REPO.glob("studies/*/README.md"))]
 
 
 def test_every_result_a_readme_cites_is_in_the_repository():
@@ -90,3 +90,25 @@ def test_every_shipped_config_is_valid_for_its_command(path):
     parse = __import__(module, fromlist=["parse"]).parse
     extra = ["--model", "m"] if module == "evals.retention" else []
     parse(["--config", str(REPO / path), *extra])
+
+
+def python_snippets(readme: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
+
+
+@pytest.mark.parametrize("readme", [p for p in READMES if python_snippets(p)], ids=lambda p: str(p.relative_to(REPO)))
+def test_every_python_snippet_of_a_readme_runs_as_written(readme, tmp_path, monkeypatch):
+    """In a folder holding the world the READMEs build (python -m itl_env.world --people 1000 --out data/world.db)."""
+    from itl_env.world import WorldSpec, build_world
+
+    build_world(WorldSpec(people=1000), tmp_path / "data" / "world.db").close()
+    monkeypatch.chdir(tmp_path)
+    for snippet in python_snippets(readme):
+        namespace: dict = {}
+        exec(compile(snippet, f"{readme.name} snippet", "exec"), namespace)
+        if "env" in namespace and "reward" in namespace:  # what the comments say the episode gives
+            assert "Soyeon Testa" in namespace["question"]
+            assert namespace["reward"] == 1.0 and namespace["terminated"]
+        for name in ("env", "world"):
+            if hasattr(namespace.get(name), "close"):
+                namespace[name].close()

@@ -11,6 +11,19 @@ class PluginError(ValueError):
     """A ``module:callable`` reference that cannot be loaded; the message says why."""
 
 
+def call_plugin(reference: str, option: str, *args: Any) -> Any:
+    """What the plug-in ``reference`` (given as ``option``) returns when called with ``args``; its failure to
+    load or any exception it raises is a ``PluginError`` naming it.
+    """
+    factory = load_callable(reference)
+    try:
+        return factory(*args)
+    except Exception as err:
+        raise PluginError(
+            f"{option} {reference} raised {type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        ) from err
+
+
 def load_callable(reference: str) -> Callable[..., Any]:
     """The callable named by ``"package.module:name"`` (``name`` may be dotted: ``module:Class.method``)."""
     module_name, sep, attribute = reference.partition(":")

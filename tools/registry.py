@@ -42,6 +42,8 @@ class ToolError(Exception):
 
 
 class ToolResult(BaseModel):
+    """What a call gave: the text the model reads, and whether the call succeeded (errors are results too)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
@@ -53,7 +55,8 @@ class ToolResult(BaseModel):
 class Tool:
     """A registered typed function: its name and description, its pydantic argument model and JSON schema (both
     derived from the signature and docstring by ``@tool``). ``run`` validates arguments and always returns a
-    ``ToolResult``; calling the tool calls the function as written."""
+    ``ToolResult``; calling the tool calls the function as written.
+    """
 
     name: str
     description: str
@@ -61,6 +64,7 @@ class Tool:
     arguments: type[BaseModel]
     takes_model: bool
     json_schema: dict[str, Any]
+    time_limited: bool = True  # False: the tool bounds its own time (see ``tool``), so no timer is armed per call
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -84,7 +88,7 @@ class Tool:
             return self._fail(message, max_result_chars)
         except Exception as err:  # noqa: BLE001 - a mapping whose keys() or __getitem__ raises is still only a result
             return self._fail(f"arguments for {self.name} could not be read: {_error_text(err)}", max_result_chars)
-        outcome = _within(timeout_s, self._attempt, validated)
+        outcome = _within(timeout_s if self.time_limited else None, self._attempt, validated)
         ok, text = outcome if outcome is not None else (False, f"{self.name} did not finish within {timeout_s:g} s")
         return ToolResult(name=self.name, ok=ok, content=_cut(text, max_result_chars))
 
@@ -123,7 +127,7 @@ class Tool:
         module, qualname = getattr(self.fn, "__module__", None), getattr(self.fn, "__qualname__", "")
         if module in sys.modules and _lookup(module, qualname) is self:
             return (_lookup, (module, qualname))
-        return (_rebuild, (self.fn, self.name))
+        return (_rebuild, (self.fn, self.name, self.time_limited))
 
 
 def _lookup(module: str, qualname: str) -> Any:
@@ -133,12 +137,16 @@ def _lookup(module: str, qualname: str) -> Any:
     return target
 
 
-def _rebuild(fn: Callable[..., Any], name: str) -> Tool:
-    return tool(fn, name=name)
+def _rebuild(fn: Callable[..., Any], name: str, time_limited: bool = True) -> Tool:
+    return tool(fn, name=name, time_limit=time_limited)
 
 
-def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
-    """Turn a typed, documented function into a ``Tool``. Usable as ``@tool`` or ``@tool(name=...)``."""
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, time_limit: bool = True) -> Any:
+    """Turn a typed, documented function into a ``Tool``. Usable as ``@tool`` or ``@tool(name=...)``.
+
+    ``time_limit=False`` is for a tool that bounds its own time (e.g. a query with the database's own timeouts):
+    the registry then arms no timer for it. Every other tool runs for at most the registry's ``timeout_s``.
+    """
 
     def wrap(func: Callable[..., Any]) -> Tool:
         model, takes_model, description, returns = arguments_model(func)
@@ -147,7 +155,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> An
             raise ToolDefinitionError(f"tool name {tool_name!r} must be a Python identifier")
         return_hint = get_type_hints(func).get("return", inspect.Signature.empty)
         schema = tool_json_schema(tool_name, description, model, returns, return_hint)
-        return Tool(tool_name, description, func, model, takes_model, schema)
+        return Tool(tool_name, description, func, model, takes_model, schema, time_limit)
 
     return wrap(fn) if fn is not None else wrap
 
@@ -176,6 +184,8 @@ class ToolRegistry:
             self.register(item)
 
     def register(self, item: Tool | Callable[..., Any]) -> Tool:
+        if not isinstance(item, Tool) and not callable(item):
+            raise ToolDefinitionError(f"{type(item).__name__} {str(item)[:40]!r} is not a tool nor a typed function")
         registered = item if isinstance(item, Tool) else tool(item)
         if registered.name in self._tools:
             raise ValueError(f"a tool named {registered.name!r} is already registered")

@@ -102,7 +102,11 @@ def fine_tune(
 
     def prepare(world: Any) -> tuple[Any, list[Any], list[Any], Any]:
         registry = cfg.registry(world)
-        return registry, *tool_tasks(world, registry, cfg), load_dataset(cfg.dataset) if cfg.dataset else None
+        return (
+            registry,
+            *tool_tasks(world, registry, cfg),
+            load_dataset(cfg.dataset, set(registry.names)) if cfg.dataset else None,
+        )
 
     run = start_run(cfg, training, kind="sft", prepare=prepare)
     out, world = run.out, run.world
@@ -142,6 +146,9 @@ def fine_tune(
         progress.attach(trainer, run.metrics)
         trained, trainable, final, interrupted = train_and_finish(trainer, progress, run.tokenizer)
         return run_result(RunResult, trainer, cfg, out, trained, trainable, final, interrupted, started)
+    except BaseException:
+        run.abandon()
+        raise
     finally:
         world.close()
 
@@ -163,7 +170,8 @@ def tool_tasks(world: Any, registry: Any, cfg: SFTScriptConfig) -> tuple[list[An
 def shared_dataset(ranks: Ranks, build: Callable[[], Any], folder: Path) -> Any:
     """The training dataset, built once: in a multi-process job rank 0 builds it and saves it in the run directory
     (a resumed run reads it back), the other ranks load it; TRL then tokenises it once too (its cache sits beside
-    the saved files)."""
+    the saved files).
+    """
     import datasets
 
     if ranks.size == 1:
@@ -177,22 +185,48 @@ def shared_dataset(ranks: Ranks, build: Callable[[], Any], folder: Path) -> Any:
     return ranks.first(make, then=lambda: datasets.load_from_disk(str(folder)))
 
 
-def load_dataset(path: str) -> Any:
-    """A dataset of ``{messages, tools}`` rows: a ``save_to_disk`` folder (e.g. STE's distilled data) or JSONL."""
+def load_dataset(path: str, tool_names: set[str]) -> Any:
+    """A dataset of ``{messages, tools}`` rows: a ``save_to_disk`` folder (e.g. STE's distilled data) or JSONL.
+
+    Checked whole before anything is created or trained (``row_problem``): a file that is not one, an empty
+    one, other columns, unknown roles or tools, arguments that are not JSON are a ``ValueError`` naming the
+    file and the row.
+    """
     import datasets
 
-    if Path(path).is_dir():
-        return datasets.load_from_disk(path)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no dataset at {path} (a save_to_disk folder or a JSONL file of messages/tools rows)")
-    return datasets.load_dataset("json", data_files=path, split="train")
+    from itl_env.trajectories import row_problem
+
+    expected = "a save_to_disk folder of one split, or a JSONL file of {messages, tools} rows"
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no dataset at {path} ({expected})")
+    try:
+        if Path(path).is_dir():
+            dataset = datasets.load_from_disk(path)
+        else:
+            dataset = datasets.load_dataset("json", data_files=path, split="train")
+    except Exception as err:
+        raise ValueError(
+            f"--dataset {path} could not be read as {expected}: {' '.join(str(err).split())[:300]}"
+        ) from err
+    if isinstance(dataset, datasets.DatasetDict):
+        raise ValueError(f"--dataset {path} holds the splits {sorted(dataset)}; pass one split's folder")
+    if len(dataset) == 0:
+        raise ValueError(f"--dataset {path} has no rows")
+    if "messages" not in dataset.column_names or set(dataset.column_names) - {"messages", "tools"}:
+        raise ValueError(f"--dataset {path} has the columns {dataset.column_names}; expected messages (and tools)")
+    for i, row in enumerate(dataset):
+        problem = row_problem(row, tool_names)
+        if problem:
+            raise ValueError(f"--dataset {path}, row {i}: {problem}")
+    return dataset
 
 
 def sft_dataset(
     world: Any, cfg: SFTScriptConfig, rows: int | None, registry: Any = None, tasks: Sequence[Any] = ()
 ) -> Any:
     """The oracle's dialogs over every training fact, ``cfg.phrasings`` times, and every training tool task,
-    shuffled; cut to ``rows``."""
+    shuffled; cut to ``rows``.
+    """
     from itl_env.trajectories import sft_dataset as oracle_dataset
 
     facts = world.facts("train") if FACT_RECALL in cfg.tasks else []

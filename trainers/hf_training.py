@@ -126,7 +126,8 @@ def progress_callback(
 ) -> Any:
     """A ``TrainerCallback`` that evaluates recall every ``eval_every`` steps and at the end of training, stops on a
     signal or when ``on_eval(step, summary)`` says so (a checkpoint is saved first), and logs every number to
-    metrics.jsonl and to the trackers of ``--report_to``. ``attach(trainer, metrics)`` before training."""
+    metrics.jsonl and to the trackers of ``--report_to``. ``attach(trainer, metrics)`` before training.
+    """
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
@@ -140,14 +141,16 @@ def progress_callback(
 
         def attach(self, trainer: Any, metrics: run_dir.MetricsLog) -> None:
             """Report through ``trainer`` (to ``metrics`` on the main process); first in line, so that the final
-            evaluation (at ``on_train_end``) reaches the trackers before they close their runs."""
+            evaluation (at ``on_train_end``) reaches the trackers before they close their runs.
+            """
             self.trainer, self.metrics = trainer, metrics
             handler = trainer.callback_handler
             handler.callbacks.insert(0, handler.pop_callback(self))
 
         def report(self, values: dict[str, Any]) -> None:
             """``values`` to every callback's ``on_log``: the trackers' and this one's (metrics.jsonl). Before the
-            first step (GRPO's initial recall) they wait until the trackers have opened their runs."""
+            first step (GRPO's initial recall) they wait until the trackers have opened their runs.
+            """
             trainer = self.trainer
             if trainer.state.global_step == 0 and not self.waiting_done:
                 self.waiting.append(values)

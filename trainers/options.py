@@ -101,7 +101,8 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX). Without it torch emulates bf16 matmuls,
-    measured here ~50x slower than fp32 (SmolLM2: 658 s a step vs ~12 s). Unknown (no cpuinfo): assume it does."""
+    measured here ~50x slower than fp32 (SmolLM2: 658 s a step vs ~12 s). Unknown (no cpuinfo): assume it does.
+    """
     try:
         flags = set(Path(cpuinfo).read_text(encoding="utf-8", errors="replace").split())
     except OSError:
@@ -121,7 +122,8 @@ def bf16_on_this_device(requested: bool, on_cpu: bool, cpuinfo: str = "/proc/cpu
 
 def no_activation_checkpointing() -> dict[str, bool]:
     """TRL turns activation checkpointing on by default: on small models it only costs time (~30% a step). The
-    option was renamed (transformers 5.20 and later: activation_checkpointing; before: gradient_checkpointing)."""
+    option was renamed (transformers 5.20 and later: activation_checkpointing; before: gradient_checkpointing).
+    """
     import dataclasses
 
     from transformers import TrainingArguments
@@ -144,7 +146,8 @@ TRACKER_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "flyte":
 
 def _trackers_installed(value: Any) -> str | None:
     """Every tracker named by --report_to is known and importable: else a usage error before anything is written
-    (transformers would fail only when the trainer is built, after the run directory)."""
+    (transformers would fail only when the trainer is built, after the run directory).
+    """
     from transformers.integrations.integration_utils import (
         INTEGRATION_TO_CALLBACK,
         get_available_reporting_integrations,

@@ -13,11 +13,6 @@ described in ``trainers.nanollama.run``, the library path.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import sys
-
 from trainers.nanollama.run import PretrainConfig, RunSummary, pretrain
 
 PROG = "trainers/pretrain.py"
@@ -35,13 +30,9 @@ def main(cfg: PretrainConfig) -> RunSummary:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
-    cfg = parse(argv)
-    try:
-        summary = main(cfg)
-    except (OSError, ValueError) as err:  # an unwritable folder, a full disk, a checkpoint of other settings
-        sys.exit(f"{PROG}: {err}")
-    print(json.dumps(summary.model_dump(), indent=2))
+    from configs.cli import print_json, run_cli
+
+    run_cli(PROG, lambda args: main(parse(args)), argv, show=print_json)
 
 
 if __name__ == "__main__":

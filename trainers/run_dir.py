@@ -6,12 +6,12 @@ way to continue one, and then metrics and records are appended, never rewritten.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import configs
+from configs import jsonl
 
 
 class RunDirError(ValueError):
@@ -52,7 +52,8 @@ def prepare(path: str | Path, *, resume: bool) -> Path:
 
 def write_config(path: Path, *sections: Any) -> Path:
     """The resolved config (``configs.record``: it can be passed back as ``--config``), as config.yaml; a
-    resumed run keeps the first one and adds config.resumed-<time>.yaml."""
+    resumed run keeps the first one and adds config.resumed-<time>.yaml.
+    """
     target = path / "config.yaml"
     if target.exists():
         target = path / f"config.resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
@@ -66,10 +67,7 @@ class MetricsLog:
         self.path = path / "metrics.jsonl"
 
     def write(self, **row: Any) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"time": round(time.time(), 3), **row}, default=str) + "\n")
+        jsonl.append(self.path, [{"time": round(time.time(), 3), **row}])
 
     def rows(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return jsonl.read(self.path)

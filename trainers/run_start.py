@@ -10,16 +10,16 @@ The other ranks print nothing but errors.
 from __future__ import annotations
 
 import logging
-import os
-import sys
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from configs import peek
+from configs.cli import run_cli
 from evals.provenance import write_provenance
-from evals.ranks import FailedOnRankZero, Ranks, launched_rank
+from evals.ranks import Ranks
 from itl_env.world import World
 from trainers import run_dir
 from trainers.options import RunOptions, bf16_on_this_device
@@ -38,6 +38,18 @@ class RunStart:
     metrics: run_dir.MetricsLog
     ranks: Ranks
     prepared: Any = None
+    fresh: bool = True  # this start created the directory (not a resumed run's)
+
+    def abandon(self) -> None:
+        """After a failure before anything was trained: remove the directory this start created, so that the
+        corrected command can run (a resumed run's directory, or one holding a checkpoint or model, stays).
+        """
+        if not self.fresh or not self.ranks.main or not self.out.is_dir():
+            return
+        if any(self.out.glob("checkpoint-*")) or (self.out / "model").exists():
+            return
+        shutil.rmtree(self.out, ignore_errors=True)
+        logger.info("removed %s: the run failed before training anything", self.out)
 
 
 def start_run(cfg: RunOptions, training: Any, *, kind: str, prepare: Callable[[World], Any] | None = None) -> RunStart:
@@ -70,6 +82,8 @@ def start_run(cfg: RunOptions, training: Any, *, kind: str, prepare: Callable[[W
         prepared = ranks.first(lambda: prepare(world)) if prepare is not None else None
         model, tokenizer = ranks.first(lambda: cfg.load_model(seed=training.seed))
 
+        fresh = not (out.is_dir() and any(out.iterdir()))
+
         def create() -> None:
             run_dir.prepare(out, resume=cfg.resume)
             run_dir.write_config(out, cfg, training)
@@ -79,37 +93,28 @@ def start_run(cfg: RunOptions, training: Any, *, kind: str, prepare: Callable[[W
     except BaseException:
         world.close()
         raise
-    logger.info("world %s (%d training people); model loaded", world.target, len(world.people("train")))
-    return RunStart(out, world, model, tokenizer, run_dir.MetricsLog(out), ranks, prepared)
+    logger.info("world %r (%d training people); model loaded", world, len(world.people("train")))
+    return RunStart(out, world, model, tokenizer, run_dir.MetricsLog(out), ranks, prepared, fresh)
 
 
 def train_cli(
     prog: str, kind: str, parse: Callable[[Any], tuple[Any, Any]], main: Callable[..., Any], argv: Any
 ) -> None:
-    """A trainer's command line: a first line at once, then parse, run, and a summary (main process only).
+    """A trainer's command line (``configs.run_cli``): a first line at once, then parse, run, and a summary.
 
     A bad value, file or directory is a one-line error (exit 1) and leaves nothing behind; a rank that waited for
-    rank 0's failing step exits quietly (rank 0 prints the error).
+    rank 0's failing step exits quietly (rank 0 prints the error); a run stopped by Ctrl-C is saved, exit 130.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    main_process = launched_rank() == 0
-    if main_process and not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
-        given = peek(argv, ("mode", "model", "world", "output_dir"))
+
+    def first_line(args: list[str] | None) -> str:
+        given = peek(args, ("mode", "model", "world", "output_dir"))
         mode = given.get("mode", "in_tool")
-        print(
-            f"{prog}: {mode} run of model {given.get('model', 'default')} on world "
+        return (
+            f"{mode} run of model {given.get('model', 'default')} on world "
             f"{given.get('world', '(the world options default: data/world-*.db, built if missing)')}, writing to "
-            f"{given.get('output_dir', f'runs/{kind}-{mode}-<time>')}; loading TRL",
-            file=sys.stderr,
-            flush=True,
+            f"{given.get('output_dir', f'runs/{kind}-{mode}-<time>')}; loading TRL"
         )
-    cfg, training = parse(argv)
-    try:
-        outcome = main(cfg, training)
-    except FailedOnRankZero:
-        sys.exit(1)
-    except (run_dir.RunDirError, ValueError, FileNotFoundError) as err:
-        sys.exit(f"{prog}: error: {err}")
-    if main_process:
-        outcome.print(prog)
-    sys.exit(130 if outcome.interrupted else 0)
+
+    run_cli(
+        prog, lambda args: main(*parse(args)), argv, show=lambda outcome: outcome.print(prog), first_line=first_line
+    )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from evals.ranks import configure_logging
 from trainers.fine_tune import SFTScriptConfig, fine_tune, training_defaults
 from trainers.options import RunResult, parse_args
 from trainers.run_start import train_cli
@@ -37,7 +36,6 @@ def parse(argv: list[str] | None = None) -> tuple[SFTScriptConfig, Any]:
 
 
 def main(cfg: SFTScriptConfig, training: Any) -> RunResult:
-    configure_logging()
     return fine_tune(cfg, training)
 
 

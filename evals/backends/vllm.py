@@ -35,7 +35,7 @@ CPU_KVCACHE_GIB = "2"
 
 
 def configure_environment(cache_dir: str | os.PathLike[str] | None) -> None:
-    """vLLM's environment, set before it is imported; variables the user set are left alone.
+    """The vLLM environment, set before it is imported; variables the user set are left alone.
 
     Its compile cache (``VLLM_CACHE_ROOT``) and the HF cache go under ``cache_dir`` so nothing is
     written to the home directory, and the CPU KV cache is kept small.

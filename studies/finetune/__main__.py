@@ -18,8 +18,6 @@ What is measured and when runs stop: ``studies.finetune.study``.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 from studies.finetune.study import PretrainedStudyConfig, PretrainedStudyResult, run_study
@@ -39,23 +37,13 @@ def main(cfg: PretrainedStudyConfig) -> PretrainedStudyResult:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    from evals.ranks import FailedOnRankZero, configure_logging, launched_rank
+    from configs.cli import run_cli
 
-    configure_logging()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    cfg = parse(argv)
-    try:
-        result = main(cfg)
-    except KeyboardInterrupt:
-        sys.exit(f"{PROG}: interrupted; run the same command again to resume")
-    except FailedOnRankZero:
-        sys.exit(1)  # rank 0 reports it
-    except (OSError, ValueError, RuntimeError) as err:
-        sys.exit(f"{PROG}: {err}")
-    if launched_rank() != 0:
-        return
-    print((Path(result.out) / "table.md").read_text(encoding="utf-8"))
-    print(json.dumps({"out": result.out, "wall_seconds": result.wall_seconds}, indent=2))
+    def show(result: PretrainedStudyResult) -> None:
+        print((Path(result.out) / "table.md").read_text(encoding="utf-8"))
+        print(json.dumps({"out": result.out, "wall_seconds": result.wall_seconds}, indent=2))
+
+    run_cli(PROG, lambda args: main(parse(args)), argv, show=show)
 
 
 if __name__ == "__main__":

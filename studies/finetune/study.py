@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import configs
+from configs import jsonl
 from evals.ranks import Ranks
 from itl_env.oracle import Mode
 
@@ -35,6 +36,8 @@ logger = logging.getLogger("studies.finetune.study")
 
 
 class PretrainedStudyConfig(BaseModel):
+    """One fine-tuning study: the pretrained model, the modes and fact counts, how each run trains and is measured."""
+
     model_config = ConfigDict(extra="forbid")
 
     preset: str = Field("cpu", description="preset name (configs/finetune/<preset>.yaml) and default output folder")
@@ -72,6 +75,22 @@ class PretrainedStudyConfig(BaseModel):
     out: str | None = Field(None, description="output folder (default: runs/finetune/<preset>)")
     results: str | None = Field(None, description="also copy the tables to this folder (e.g. results/)")
     published: str | None = Field(None, description="itl_large_scale_results.csv, to overlay the published rows")
+
+    @model_validator(mode="after")
+    def _every_value_usable(self) -> PretrainedStudyConfig:
+        """Every value checked before the first run starts (not after hours of training)."""
+        if not self.modes or not self.facts or any(f < 4 for f in self.facts):
+            raise ValueError(f"modes and facts must be non-empty, each facts count at least 4 (got {self.facts})")
+        for name in ("learning_rate", "epochs", "batch_size"):
+            per_mode = getattr(self, name)
+            missing = [m for m in self.modes if m not in per_mode]
+            if missing:
+                raise ValueError(f"{name} has no value for the mode(s) {', '.join(missing)}")
+            if any(v <= 0 for v in per_mode.values()):
+                raise ValueError(f"{name} values must be positive (got {per_mode})")
+        if self.published is not None and not Path(self.published).is_file():
+            raise ValueError(f"--published {self.published}: no such file")
+        return self
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs/finetune") / self.preset
@@ -165,7 +184,8 @@ class Measures:
 
 def stop_rule(summary: dict[str, float], target: float) -> bool:
     """Stop once recall on the training facts reaches ``target``: chosen on training facts only, never on unseen
-    people (whose recall is measured and reported, not used)."""
+    people (whose recall is measured and reported, not used).
+    """
     return summary["train_recall"] >= target
 
 
@@ -175,13 +195,7 @@ def run_dir(cfg: PretrainedStudyConfig, mode: str, facts: int) -> Path:
 
 def read_rows(path: Path) -> list[CheckpointRow]:
     """A run's checkpoint rows, one per step (a step measured twice, e.g. around an interruption, keeps its last)."""
-    if not path.exists():
-        return []
-    rows = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = CheckpointRow.model_validate_json(line)
-            rows[row.step] = row
+    rows = {row.step: row for row in jsonl.read(path, CheckpointRow.model_validate)}
     return [rows[step] for step in sorted(rows)]
 
 
@@ -189,7 +203,8 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     """One (mode, facts) run: fine-tune, measure every checkpoint, stop on training recall, then faithfulness.
 
     In a multi-process job every rank trains and plays its share of each evaluation; the main process alone
-    measures against the base (``measures`` is None elsewhere) and writes the run's row."""
+    measures against the base (``measures`` is None elsewhere) and writes the run's row.
+    """
     from transformers import TrainerCallback
     from trl import SFTConfig
 
@@ -278,8 +293,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
                     },
                 )
                 row = row.model_copy(update={"seconds": round(time.perf_counter() - t0, 1)})
-                with rows_path.open("a", encoding="utf-8") as f:
-                    f.write(row.model_dump_json() + "\n")
+                jsonl.append(rows_path, [row])
                 last_measured[0] = state.global_step
                 spent.save()
                 logger.info(
@@ -351,7 +365,8 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
 
 class _Clock:
     """A run's time over its resumed parts: what earlier parts spent up to their last checkpoint (kept in ``path``;
-    work after it is redone on resume) plus this part's."""
+    work after it is redone on resume) plus this part's.
+    """
 
     def __init__(self, path: Path):
         self.path, self.started = path, time.perf_counter()
@@ -381,6 +396,8 @@ def _tools(world: Any) -> list[dict[str, Any]]:
 
 
 class PretrainedStudyResult(BaseModel):
+    """What a fine-tuning study produced: its output folder, one row per (mode, facts) run, and its wall time."""
+
     model_config = ConfigDict(extra="forbid")
 
     out: str

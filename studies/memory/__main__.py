@@ -14,8 +14,6 @@ search, the runs it launches and what it writes are described in ``studies.memor
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,20 +39,18 @@ def main(cfg: StudyConfig) -> StudyResult:
 
 def cli(argv: list[str] | None = None) -> None:
     from configs import peek
+    from configs.cli import run_cli
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    given = peek(argv, ("preset", "out"))
-    if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+    def first_line(args: list[str] | None) -> str:
+        given = peek(args, ("preset", "out"))
         preset = given.get("preset", "cpu")
-        print(f"{PROG}: memory study, preset {preset}, writing to {given.get('out', f'runs/study/{preset}')}; loading",
-              file=sys.stderr, flush=True)  # fmt: skip
-    cfg = parse(argv)
-    try:
-        result = main(cfg)
-    except (OSError, ValueError) as err:  # an unwritable folder, a full disk, a run folder of other settings:
-        sys.exit(f"{PROG}: {err}")  # finished runs stay on disk for a rerun
-    print((Path(result.out) / "thresholds.md").read_text(encoding="utf-8"))
-    print(json.dumps({k: v for k, v in result.model_dump().items() if k != "thresholds"}, indent=2))
+        return f"memory study, preset {preset}, writing to {given.get('out', f'runs/study/{preset}')}; loading"
+
+    def show(result: StudyResult) -> None:  # finished runs stay on disk: a rerun after an error resumes
+        print((Path(result.out) / "thresholds.md").read_text(encoding="utf-8"))
+        print(json.dumps({k: v for k, v in result.model_dump().items() if k != "thresholds"}, indent=2))
+
+    run_cli(PROG, lambda args: main(parse(args)), argv, show=show, first_line=first_line)
 
 
 if __name__ == "__main__":

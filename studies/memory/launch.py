@@ -27,6 +27,8 @@ logger = logging.getLogger("studies.memory.search")
 
 
 class SlurmConfig(BaseModel):
+    """The Slurm resources of each run submitted through submitit: partition, time limit, CPUs and memory."""
+
     model_config = ConfigDict(extra="forbid")
 
     partition: str | None = Field(None, description="Slurm partition")

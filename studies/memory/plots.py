@@ -20,7 +20,8 @@ def plot_params_vs_facts(
     target: float = 0.99,
 ) -> Path:
     """Threshold params per facts (filled markers; an open triangle up = not reached up to that size),
-    with the published thresholds (dashed, hollow) when ``published`` is the paper's grid CSV."""
+    with the published thresholds (dashed, hollow) when ``published`` is the paper's grid CSV.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display

@@ -112,7 +112,8 @@ def least_squares_slope(points: list[tuple[float, float]]) -> float | None:
 
 def capacity_report(rows: list[dict[str, Any]], published: str | Path | None, target: float) -> dict[str, Any]:
     """Bits per parameter as the paper means it: information per fact over the slope of in-weight threshold params
-    vs facts (a least-squares fit), ours and published, beside the ~2 bits/param capacity anchor."""
+    vs facts (a least-squares fit), ours and published, beside the ~2 bits/param capacity anchor.
+    """
     ours = [(r["facts"], r["threshold_params"]) for r in rows if r["mode"] == "in_weight" and r["threshold_params"]]
     slope = least_squares_slope(ours)
     report: dict[str, Any] = {

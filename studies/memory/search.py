@@ -34,7 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 import configs
 from itl_env.formats import FormatName
@@ -57,12 +57,16 @@ logger = logging.getLogger("studies.memory.search")
 
 
 class StudyConfig(BaseModel):
+    """One memory study: the modes, people counts and widths searched, each run's training, and where runs execute."""
+
     model_config = ConfigDict(extra="forbid")
 
     preset: str = Field("cpu", description="preset name (configs/study/<preset>.yaml) and default output folder")
     modes: list[Mode] = Field(default_factory=lambda: ["in_weight", "in_tool"], description="modes to study")
-    people: list[int] = Field(default_factory=lambda: [8, 32, 128], description="numbers of training people")
-    emb_dims: list[int] = Field(
+    people: list[PositiveInt] = Field(
+        default_factory=lambda: [8, 32, 128], min_length=1, description="numbers of training people"
+    )
+    emb_dims: list[PositiveInt] = Field(
         default_factory=lambda: [8, 12, 16, 20, 24, 32, 40, 48, 64], description="candidate model widths (ascending)"
     )
     start_emb_dim: dict[str, int] = Field(
@@ -204,6 +208,8 @@ class FixedWidths:
 
 
 class StudyResult(BaseModel):
+    """What a memory study found: the width thresholds, their growth per mode, bits per parameter, and its cost."""
+
     model_config = ConfigDict(extra="forbid")
 
     out: str
@@ -219,6 +225,8 @@ class StudyResult(BaseModel):
 
 
 class Study:
+    """The searches of every (mode, people): decides which runs to train next from the summaries that come back."""
+
     def __init__(self, cfg: StudyConfig, launcher: Launcher | None = None):
         self.cfg = cfg
         self.launcher = launcher or Launcher(cfg)
@@ -479,7 +487,8 @@ class Study:
     def shape(self, rows: list[dict[str, Any]]) -> dict[str, float | None]:
         """Threshold growth from the fewest to the most people, per mode (paper: in-weight ~linear, in-tool flat).
         When the most people were not reached, ``<mode>_growth_at_least`` is the largest width tried over the first
-        threshold: a lower bound if success is monotone in width."""
+        threshold: a lower bound if success is monotone in width.
+        """
         out: dict[str, float | None] = {}
         for mode in self.cfg.modes:
             mine = [r for r in rows if r["mode"] == mode]

@@ -17,10 +17,10 @@ method: ``studies.ste.explore``, ``distill`` and ``pipeline``.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
+from configs.cli import ReportedElsewhere
 from studies.ste.pipeline import SteConfig, SteResult, run_pipeline
 
 PROG = "python -m studies.ste"
@@ -32,6 +32,9 @@ def parse(argv: list[str] | None = None) -> tuple[tuple[str, ...], SteConfig]:
     import configs
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"usage: {PROG} {{{','.join(STEPS)}}} [--preset NAME] [--OPTION VALUE ...]\n\n{__doc__}")
+        sys.exit(0)
     if not argv or argv[0] not in STEPS:
         configs.usage_error(PROG, f"give a step first: {', '.join(STEPS)}")
     step, rest = argv[0], argv[1:]
@@ -44,27 +47,28 @@ def main(steps: tuple[str, ...], cfg: SteConfig) -> SteResult:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    from evals.ranks import launched_rank
+    from configs.cli import launched_rank, run_cli
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    steps, cfg = parse(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # exploration and distillation are one long sequence of generations: they run in one process. What STE
-        # trains on is an SFT dataset, and that fine-tune runs on N processes through trainers/sft.py --dataset.
-        sys.exit(
-            f"{PROG}: runs in one process (launch it with python, not torchrun/accelerate); to fine-tune on N "
-            f"processes, run its distill step, then: torchrun --nproc-per-node N trainers/sft.py --dataset "
-            f"{cfg.out_dir() / 'distilled'} --model {cfg.learner} --tools {cfg.tools_factory}"
-            if launched_rank() == 0
-            else 1
-        )
-    try:
-        result = main(steps, cfg)
-    except (OSError, ValueError, RuntimeError) as err:
-        sys.exit(f"{PROG}: {err}")
-    print((cfg.out_dir() / "tables.md").read_text(encoding="utf-8"))
-    print(json.dumps({"wall_seconds": result.wall_seconds}, indent=2))
+    def run(args: list[str] | None) -> tuple[SteConfig, SteResult]:
+        steps, cfg = parse(args)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # exploration and distillation are one long sequence of generations: they run in one process. What STE
+            # trains on is an SFT dataset, and that fine-tune runs on N processes through trainers/sft.py --dataset.
+            if launched_rank() != 0:
+                raise ReportedElsewhere
+            raise ValueError(
+                "runs in one process (launch it with python, not torchrun/accelerate); to fine-tune on N processes, "
+                f"run its distill step, then: torchrun --nproc-per-node N trainers/sft.py --dataset "
+                f"{cfg.out_dir() / 'distilled'} --model {cfg.learner} --tools {cfg.tools_factory}"
+            )
+        return cfg, main(steps, cfg)
+
+    def show(outcome: tuple[SteConfig, SteResult]) -> None:
+        cfg, result = outcome
+        print((cfg.out_dir() / "tables.md").read_text(encoding="utf-8"))
+        print(json.dumps({"wall_seconds": result.wall_seconds}, indent=2))
+
+    run_cli(PROG, run, argv, show=show)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from configs import jsonl
 from itl_env.env import ToolUseEnv
 from itl_env.rollout import Policy, rollout
 from itl_env.tasks import Task
@@ -76,7 +77,8 @@ def parse_query(text: str) -> str | None:
     without a lead-in such as "The user asks:". None when there is nothing usable.
 
     Small explorers wrap the question ("A user could ask:\n\"Who ...?\"", "Here is one: \"How ...?\" ..."): the
-    first line alone would be the wrapper."""
+    first line alone would be the wrapper.
+    """
     lines = [_unwrap(line) for line in text.splitlines() if line.strip()]
     query = next((line for line in lines if line.endswith("?") and len(line) >= 8), lines[0] if lines else "")
     return query[:300] if len(query) >= 8 else None
@@ -116,7 +118,7 @@ def free_query(tool: str, index: int, query: str, note: str) -> Task:
 def read_episodes(path: Path) -> list[Episode]:
     if not path.exists():
         return []
-    return [Episode.model_validate_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return jsonl.read(path, Episode.model_validate)
 
 
 def explore(
@@ -174,11 +176,10 @@ def explore(
                 _trials(fresh, world, single, player, judge or imagine, trials, max_turns)
                 for episode in fresh:
                     episode.seconds = round((time.perf_counter() - batch_started) / len(fresh), 3)
-                with path.open("a", encoding="utf-8") as f:
-                    for episode in fresh:
-                        if episode.query:
-                            memory.add(tool, episode.query, episode.satisfied)
-                        f.write(episode.model_dump_json() + "\n")
+                for episode in fresh:
+                    if episode.query:
+                        memory.add(tool, episode.query, episode.satisfied)
+                jsonl.append(path, fresh)
                 done += fresh
                 bar.update(len(fresh))
                 bar.set_postfix_str(f"{tool}: {sum(e.satisfied for e in done if e.tool == tool)} satisfied")

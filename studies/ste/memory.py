@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from configs import jsonl
 from itl_env.scoring import normalise
 
 
@@ -27,18 +28,14 @@ class LongTermMemory:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else None
         self.queries: dict[str, list[tuple[str, bool]]] = {}
-        if self.path is not None and self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.queries.setdefault(row["tool"], []).append((row["query"], row["satisfied"]))
+        if self.path is not None:
+            for row in jsonl.read(self.path, lambda r: (r["tool"], str(r["query"]), bool(r["satisfied"]))):
+                self.queries.setdefault(row[0], []).append(row[1:])
 
     def add(self, tool: str, query: str, satisfied: bool) -> None:
         self.queries.setdefault(tool, []).append((query, satisfied))
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"tool": tool, "query": query, "satisfied": satisfied}) + "\n")
+            jsonl.append(self.path, [{"tool": tool, "query": query, "satisfied": satisfied}])
 
     def recent(self, tool: str, k: int) -> list[tuple[str, bool]]:
         """The ``k`` latest queries of ``tool`` with whether they were satisfied (what the next proposal must avoid)."""

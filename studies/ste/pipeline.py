@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import configs
+from configs import jsonl
 
 logger = logging.getLogger("studies.ste")
 
@@ -31,6 +32,8 @@ TEST_TASKS = {
 
 
 class SteConfig(BaseModel):
+    """One STE study: the explorer and learner models, the tools to learn, and the settings of every step."""
+
     model_config = ConfigDict(extra="forbid")
 
     preset: str = Field("cpu", description="preset name (configs/ste/<preset>.yaml) and default output folder")
@@ -170,7 +173,7 @@ def distill_step(ctx: Context, episodes: list[Any]) -> tuple[list[dict[str, Any]
     cfg = ctx.cfg
     done = ctx.out / "distilled.jsonl"
     if done.exists():
-        rows = [json.loads(line) for line in done.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = jsonl.read(done)
         return rows, json.loads((ctx.out / "distill.json").read_text(encoding="utf-8"))
     judge = ctx.policy(cfg.explorer, None) if cfg.judge else None
     paraphrase = ctx.policy(cfg.explorer, None) if cfg.paraphrase else None
@@ -268,6 +271,8 @@ def accuracy(ctx: Context, model: str, tools: list[str], demos: dict[str, list] 
 
 
 class SteResult(BaseModel):
+    """What the STE pipeline measured: exploration statistics, test correctness per model, and continual rounds."""
+
     model_config = ConfigDict(extra="forbid")
 
     exploration: dict[str, Any]
@@ -352,7 +357,8 @@ def round_data(
     seed: int,
 ) -> list[dict[str, Any]]:
     """A round's training dialogs: its own, plus (``share`` > 0) that share of the earlier rounds' dialogs and the
-    general non-tool dialogs; without replay, its own only."""
+    general non-tool dialogs; without replay, its own only.
+    """
     import random
 
     if share <= 0 or not earlier:
@@ -362,7 +368,8 @@ def round_data(
 
 def _continual(ctx: Context, by_tool: dict[str, list]) -> list[dict[str, Any]]:
     """Round by round, each round fine-tuned from the last, with replay of earlier rounds (and general dialogs) or
-    without; after every round every tool seen so far is tested."""
+    without; after every round every tool seen so far is tested.
+    """
     cfg = ctx.cfg
     general = general_rows(ctx) if cfg.general else []
     rows_out = []

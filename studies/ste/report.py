@@ -41,7 +41,8 @@ def markdown(result: Any) -> str:
 
 def write_report(out: Path, result: Any, results: str | None) -> None:
     """Tables and CSVs into ``out``; with ``results``, copies named after the run (``ste-<out's name>-*``): runs of one
-    preset with different ``--out`` folders do not overwrite each other's copies."""
+    preset with different ``--out`` folders do not overwrite each other's copies.
+    """
     if result.correctness:
         write_csv(out / "correctness.csv", result.correctness)
     if result.continual:

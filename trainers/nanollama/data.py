@@ -62,7 +62,8 @@ def encode_dialogs(conversations: list[list[dict]], tokenizer: ByteTokenizer) ->
 @dataclass
 class PackedBatch:
     """Rows of packed dialogs, each (B, T): ``targets`` is -1 where no loss is taken (and on padding);
-    ``dialogs`` is the dialog index of each token (-1 on padding)."""
+    ``dialogs`` is the dialog index of each token (-1 on padding).
+    """
 
     tokens: torch.Tensor
     targets: torch.Tensor
@@ -87,7 +88,8 @@ class PackedBatch:
 def pack_rows(dialogs: list[Dialog], order: np.ndarray, seq_len: int, open_rows: int = 16) -> list[list[int]]:
     """First-fit packing over a window of ``open_rows`` rows: each dialog (in ``order``) goes into the first
     open row with room; when no row has room a new one opens and, past the window, the oldest is closed.
-    Dialogs of ~half a row pair up instead of leaving half of every row empty."""
+    Dialogs of ~half a row pair up instead of leaving half of every row empty.
+    """
     rows: list[list[int]] = []
     window: list[tuple[int, int]] = []  # (row index, tokens used)
     for i in order.tolist():
@@ -109,7 +111,8 @@ def pack_rows(dialogs: list[Dialog], order: np.ndarray, seq_len: int, open_rows:
 
 class PackedStream:
     """Global batch ``k`` = rows ``[k B, (k + 1) B)`` of the row stream: epoch after epoch, each a fresh
-    seeded shuffle of the dialogs packed into rows. A DDP rank takes its ``B / world_size`` slice."""
+    seeded shuffle of the dialogs packed into rows. A DDP rank takes its ``B / world_size`` slice.
+    """
 
     def __init__(
         self,

@@ -1,5 +1,6 @@
 """A nanoLlama as Hugging Face's ``LlamaForCausalLM``: the same architecture, so the same weights give the same
-logits (tested). The one place the weight names are mapped; the benchmark compares speeds on the twin."""
+logits (tested). The one place the weight names are mapped; the benchmark compares speeds on the twin.
+"""
 
 from __future__ import annotations
 

@@ -26,6 +26,8 @@ from torch import nn
 
 @dataclass
 class LlamaConfig:
+    """The shape of a nanoLlama: vocabulary, width, depth, heads, FFN multiple, RoPE and weight init."""
+
     vocab_size: int = 262
     emb_dim: int = 32
     n_layers: int = 2
@@ -62,8 +64,9 @@ def count_parameters(cfg: LlamaConfig) -> int:
 
 
 def rope_table(cfg: LlamaConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin of every (position, dim), each (max_seq_len, D): Llama's rotate-half layout, where
-    dim i < D/2 pairs with i + D/2. The sin's first half is negated so rotation is ``x cos + swap(x) sin``."""
+    """Cosine and signed sine of every (position, dim), each (max_seq_len, D): Llama's rotate-half layout,
+    where dim i < D/2 pairs with i + D/2. The sin's first half is negated so rotation is ``x cos + swap(x) sin``.
+    """
     inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
     angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float32), inv_freq)  # (L, D/2)
     return torch.cat((angles.cos(), angles.cos()), -1), torch.cat((-angles.sin(), angles.sin()), -1)
@@ -76,6 +79,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class RMSNorm(nn.Module):
+    """Root-mean-square normalisation over the last dimension, with a learned per-channel gain."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
@@ -101,6 +106,8 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    """Multi-head causal self-attention with RoPE, over packed dialogs or a ``KVCache``."""
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
@@ -137,6 +144,8 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
+    """The feed-forward layer: ``down(silu(gate(x)) * up(x))``, hidden width ``ffn_mult * emb_dim``."""
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.gate = nn.Linear(cfg.emb_dim, cfg.ffn_dim, bias=False)
@@ -148,6 +157,8 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
+    """One pre-norm residual block: RMSNorm -> attention, then RMSNorm -> SwiGLU, each added back to x."""
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.emb_dim, cfg.norm_eps)
@@ -182,7 +193,8 @@ def additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
 class Llama(nn.Module):
     """The from-scratch Llama of the memory study: token embedding, ``n_layers`` pre-norm blocks (RoPE attention,
     SwiGLU MLP), a final RMSNorm and an untied head; ``forward`` gives logits (and a loss given targets),
-    ``step_with_cache`` decodes with a KV cache."""
+    ``step_with_cache`` decodes with a KV cache.
+    """
 
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -216,7 +228,8 @@ class Llama(nn.Module):
         row-major order) and their mean cross-entropy. Without ``documents`` a row is one causal sequence.
 
         With targets the last layer runs its queries, FFN and the LM head only at scored positions (its keys and
-        values still cover every token): the loss is the same, the unscored half of that work is skipped."""
+        values still cover every token): the loss is the same, the unscored half of that work is skipped.
+        """
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device).expand(B, T)
@@ -245,7 +258,8 @@ class Llama(nn.Module):
         self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int, valid: torch.Tensor
     ) -> torch.Tensor:
         """Run ``tokens`` (B, T) at cache slots [start, start + T); ``valid`` (B, S) marks the slots each sequence
-        may attend to (its real tokens so far, these included). Returns the last position's logits (B, V)."""
+        may attend to (its real tokens so far, these included). Returns the last position's logits (B, V).
+        """
         T = tokens.size(1)
         cos, sin = self._rope(positions)
         slots = torch.arange(cache.slots, device=tokens.device)

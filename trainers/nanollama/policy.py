@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 class NanoLlamaPolicy:
+    """A nanoLlama and its tokenizer as a rollout policy: batched greedy decoding of each conversation."""
+
     def __init__(
         self,
         model: Llama,

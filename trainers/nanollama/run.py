@@ -36,6 +36,8 @@ CONFIG = "config.yaml"
 
 
 class PretrainConfig(BaseModel):
+    """One nanoLlama run: the mode, the world, the model's shape, its training, and how it is evaluated."""
+
     model_config = ConfigDict(extra="forbid")
 
     mode: Mode = Field("in_tool", description="answer from a tool call or from memory")
@@ -157,7 +159,8 @@ def pretrain_stacked(cfgs: list[PretrainConfig]) -> list[RunSummary]:
     """Runs that differ only in their seed, trained as one stack (``StackedTrainer``: one process, batched
     kernels; for GPUs). Each run directory ends as the single run's would (same data order, initial weights,
     early stopping and files); finished runs are returned as they are. A run's ``wall_seconds`` and
-    ``cpu_seconds`` are its share (1/K) of the stack's."""
+    ``cpu_seconds`` are its share (1/K) of the stack's.
+    """
     import torch
 
     from trainers.nanollama.data import PackedStream
@@ -263,7 +266,8 @@ class _Data:
 
     def evaluator(self, cfg: PretrainConfig):
         """``evaluate(model, final) -> recall`` on the training facts: a fixed sample first, all of them once the
-        sample passes (or at the end)."""
+        sample passes (or at the end).
+        """
         recall = self.recall(cfg)
 
         def evaluate(model, final: bool) -> float:
@@ -343,7 +347,8 @@ def _summary(cfg, data: _Data, result, train_recall, unseen, start, start_cpu, s
 
 def finished_summary(cfg: PretrainConfig) -> RunSummary | None:
     """The summary of a finished run of ``cfg`` in its run directory, if there is one made with the same options
-    (options that cannot change the result, like threads or progress bars, may differ)."""
+    (options that cannot change the result, like threads or progress bars, may differ).
+    """
     run_dir = cfg.run_dir()
     config_path, summary_path = run_dir / CONFIG, run_dir / "summary.json"
     if not (config_path.exists() and summary_path.exists()):

@@ -39,6 +39,8 @@ from trainers.nanollama.train import RunLog, TrainConfig, Trainer, TrainResult, 
 
 
 class StackedLlama(nn.Module):
+    """K same-shape ``Llama``s as one module: each weight stacked on a leading model axis, (K, ...)."""
+
     def __init__(self, models: list[Llama]):
         super().__init__()
         if not models or any(m.cfg != models[0].cfg for m in models):
@@ -64,7 +66,7 @@ class StackedLlama(nn.Module):
         return model
 
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """x (K, M, in) @ W (K, out, in)^T -> (K, M, out)."""
+        """Batched linear layer: x (K, M, in) @ W (K, out, in)^T -> (K, M, out)."""
         return torch.bmm(x, self.w(name).transpose(1, 2))
 
     def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -72,7 +74,8 @@ class StackedLlama(nn.Module):
 
     def forward(self, batches: PackedBatch | Sequence[PackedBatch]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Mean cross-entropy over each model's scored tokens, (K,), and each model's logits on them, (N_k, V).
-        ``batches``: one batch per model (same shape), or one batch that every model reads."""
+        ``batches``: one batch per model (same shape), or one batch that every model reads.
+        """
         if isinstance(batches, PackedBatch):
             batches = [batches] * self.k
         if len(batches) != self.k:
@@ -139,7 +142,8 @@ def carry_state(
     rows: list[int] | int,
 ) -> None:
     """Copy ``optimizer``'s AdamW state for rows ``rows`` of ``params`` (moments, step counts, current lr) into
-    ``into`` for the parameters of the same names: a smaller stack (a list of rows) or one model (a row)."""
+    ``into`` for the parameters of the same names: a smaller stack (a list of rows) or one model (a row).
+    """
     for group, old in zip(into.param_groups, optimizer.param_groups, strict=True):
         group["lr"] = old["lr"]
     for name, p in into_params.items():
@@ -151,7 +155,8 @@ def carry_state(
 class StackedTrainer:
     """Trains same-shape ``models`` as one stack, model k on ``streams[k]``, with ``Trainer``'s early stopping
     for each: ``evaluates[k](model, final) -> recall`` is called on a plain copy of model k when its proxy passes
-    the gate (or at the end); a model that reaches the target leaves the stack."""
+    the gate (or at the end); a model that reaches the target leaves the stack.
+    """
 
     def __init__(
         self,

@@ -25,6 +25,8 @@ CALL_MARKERS: dict[str, tuple[str, str]] = {"find": ("```sql", "```"), "hermes":
 
 
 class ByteTokenizer:
+    """The byte-level tokenizer of one tool-call format: UTF-8 bytes, role and end tokens, call markers."""
+
     def __init__(self, tool_format: str = "find"):
         if tool_format not in CALL_MARKERS:
             raise ValueError(f"unknown tool-call format {tool_format!r}; valid: {', '.join(CALL_MARKERS)}")

@@ -38,6 +38,8 @@ CHECKPOINT = "checkpoint.pt"
 
 
 class TrainConfig(BaseModel):
+    """How a nanoLlama trains: step budget, batches, AdamW and its schedule, early stopping and checkpoints."""
+
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(2000, ge=1, description="step budget (the cosine schedule's length)")
@@ -61,6 +63,8 @@ class TrainConfig(BaseModel):
 
 
 class EvalPoint(BaseModel):
+    """One early-stopping check: the step, the rollout recall, the teacher-forced proxy and its seconds."""
+
     model_config = ConfigDict(extra="forbid")
 
     step: int
@@ -70,6 +74,8 @@ class EvalPoint(BaseModel):
 
 
 class TrainResult(BaseModel):
+    """How a training run ended: steps, whether it reached the target, losses, evaluations and throughput."""
+
     model_config = ConfigDict(extra="forbid")
 
     steps: int
@@ -103,7 +109,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
 
 class RunLog:
     """One model's training record: the loss curve, per-dialog teacher-forced exactness (the early-stopping
-    proxy), evaluations, tokens and time. A ``Trainer`` keeps one; a stack of models keeps one per model."""
+    proxy), evaluations, tokens and time. A ``Trainer`` keeps one; a stack of models keeps one per model.
+    """
 
     _STATE = ("losses", "last_seen", "exact", "tokens", "train_seconds", "eval_seconds", "reached")  # checkpointed
 
@@ -119,7 +126,8 @@ class RunLog:
 
     def record_exact(self, step: int, batch: PackedBatch, logits: torch.Tensor, scored: torch.Tensor) -> None:
         """Per dialog in the batch: were all its assistant tokens predicted right (teacher forced)?
-        ``logits`` are those of the scored tokens, in order."""
+        ``logits`` are those of the scored tokens, in order.
+        """
         wrong = (logits.argmax(-1) != batch.targets[scored]).cpu().numpy()
         dialog_of_token = batch.dialogs[scored].cpu().numpy()
         present = np.unique(batch.dialogs[batch.dialogs >= 0].cpu().numpy())
@@ -199,7 +207,8 @@ class DistInfo(BaseModel):
 
 class Trainer:
     """Trains ``model`` on ``stream``; ``evaluate(model, final) -> recall`` is called on rank 0 only (``final``: the
-    step budget is spent, so this is the run's last evaluation)."""
+    step budget is spent, so this is the run's last evaluation).
+    """
 
     def __init__(
         self,
@@ -301,7 +310,8 @@ class Trainer:
 
     def proxy(self) -> float:
         """Share of the dialogs trained on in the last ``eval_every`` steps that were teacher-forced exact (all ranks
-        merged): a free estimate of recall, so large worlds need not wait a whole epoch."""
+        merged): a free estimate of recall, so large worlds need not wait a whole epoch.
+        """
         last_seen, exact = self.log.last_seen, self.log.exact
         if self.dist.distributed:
             pair = torch.from_numpy(np.stack([last_seen, exact.astype(np.int64)])).to(self.device)

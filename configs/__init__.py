@@ -5,6 +5,7 @@ from pathlib import Path
 from configs.resolve import (
     ConfigError,
     as_mapping,
+    claim_output,
     load_yaml,
     peek,
     positive,
@@ -26,6 +27,7 @@ __all__ = [
     "PRESETS",
     "ConfigError",
     "as_mapping",
+    "claim_output",
     "load_yaml",
     "peek",
     "positive",

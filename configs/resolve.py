@@ -504,6 +504,28 @@ def _without_passwords(value: Any) -> Any:
     return value
 
 
+def claim_output(out: str | Path, cfg: Any, what: str) -> Path:
+    """Create ``out`` for ``cfg``'s outputs and write its ``config.yaml``, unless ``out`` holds anything that
+    is not an earlier output of the same kind (a ``config.yaml`` whose keys are all ``type(cfg)``'s fields): a
+    user's file or folder is never written into (``ValueError``).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            recorded = load_yaml(out / "config.yaml")
+        except ConfigError:
+            recorded = {}
+        if not recorded or set(recorded) - set(type(cfg).model_fields):
+            raise ValueError(
+                f"--out {out} holds files and is not a {what} output folder (no config.yaml of one); pass a new or "
+                "empty folder"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    return record(out / "config.yaml", cfg)
+
+
 def record(path: str | Path, *instances: Any) -> Path:
     """Write the resolved config of a run to ``path`` (YAML); it can be passed back as ``--config``."""
     path = Path(path)

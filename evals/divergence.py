@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from configs import jsonl
 
 
 class Prompt(BaseModel):
@@ -44,12 +45,13 @@ class Divergence(BaseModel):
 
 def load_prompts(path: str | os.PathLike[str] | None = None) -> list[Prompt]:
     """The prompt set: ``path`` or the project's ``evals/data/retention_prompts.jsonl``."""
-    text = (
-        Path(path).read_text(encoding="utf-8")
-        if path
-        else resources.files("evals").joinpath("data", "retention_prompts.jsonl").read_text(encoding="utf-8")
-    )
-    return [Prompt.model_validate_json(line) for line in text.splitlines() if line.strip()]
+    if not path:
+        text = resources.files("evals").joinpath("data", "retention_prompts.jsonl").read_text(encoding="utf-8")
+        return [Prompt.model_validate_json(line) for line in text.splitlines() if line.strip()]
+    prompts = jsonl.read(path, Prompt.model_validate)  # a bad row names the file and its line
+    if not prompts:
+        raise ValueError(f"{path}: no prompts (a JSONL file of rows with id, category and prompt)")
+    return prompts
 
 
 def prompt_ids(tokenizer: Any, prompt: str, chat: bool = True) -> list[int]:

@@ -13,10 +13,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from configs import jsonl
 from evals.ranks import Ranks
 from itl_env.env import ToolUseEnv
 from itl_env.rollout import Policy, RolloutResult, rollout, summarise
 from itl_env.tasks import Task
+from itl_env.tool_choice import AUTO, check
 from itl_env.world import SPLITS, Fact, World
 from tools.registry import ToolRegistry
 
@@ -39,6 +41,7 @@ class RecallEvaluator:
         batch_size: int = 128,
         seed: int = 0,
         ranks: Ranks | None = None,
+        tool_choice: Sequence[str] = (AUTO,),
     ):
         if mode not in ("in_tool", "in_weight"):
             raise ValueError(f"unknown mode {mode!r}; valid: in_tool, in_weight")
@@ -47,6 +50,8 @@ class RecallEvaluator:
         # the ranks that evaluate together (every one must call evaluate); by default this process alone
         self.ranks = ranks or Ranks()
         self.tools = self.env().tools
+        names = [t["function"]["name"] for t in self.tools or []]
+        self.tool_choice = check(tool_choice, names)  # per assistant turn, the last repeating (itl_env.tool_choice)
 
     def env(self) -> ToolUseEnv:
         """One environment of this evaluation (tools offered only in_tool)."""
@@ -96,13 +101,14 @@ class RecallEvaluator:
             progress=progress and ranks.main,
             desc=desc if alone else f"{desc} (rank 0 of {ranks.size})",
             shard=(ranks.rank, ranks.size),
+            tool_choice=self.tool_choice,
         )
         if alone:
             return share
         records = ranks.interleave(ranks.gather(share.records))
         if out is not None and ranks.main:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text("".join(r.model_dump_json() + "\n" for r in records), encoding="utf-8")
+            Path(out).unlink(missing_ok=True)
+            jsonl.append(out, records)
         return RolloutResult(records=records, summary=summarise(records, time.perf_counter() - started))
 
     def evaluate_splits(

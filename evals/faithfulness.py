@@ -17,6 +17,7 @@ from evals.evaluator import RecallEvaluator
 from evals.ranks import Ranks
 from itl_env.env import domain_scorer
 from itl_env.rollout import Policy
+from itl_env.store import world_at
 from itl_env.world import Fact, World, ensure_world
 
 EDITED_SHARE = 0.5  # half the training facts changed: enough edited facts to sample, half left as they were
@@ -32,10 +33,12 @@ class Faithfulness(BaseModel):
     memory_rate: float = Field(description="share answered with the old value: what the model was trained on")
 
 
-def counterfactual_world(world: World, directory: str | Path, *, share: float = EDITED_SHARE, seed: int = 0) -> World:
-    """The counterfactual copy of ``world`` (built once into ``directory``, then reused)."""
+def counterfactual_world(world: World, worlds: str | Path, *, share: float = EDITED_SHARE, seed: int = 0) -> World:
+    """The counterfactual copy of ``world``, built once where ``worlds`` keeps worlds (a folder, or a server
+    database's schemas: ``itl_env.store.world_at``), then reused.
+    """
     spec = world.spec.counterfactual(share, seed)
-    return ensure_world(spec, Path(directory) / Path(spec.default_path()).name)
+    return ensure_world(spec, world_at(worlds, Path(spec.default_path()).stem))
 
 
 def edited_facts(original: World, edited: World) -> list[tuple[Fact, str]]:

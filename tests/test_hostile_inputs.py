@@ -242,3 +242,101 @@ def test_the_lookup_tool_arms_no_timer_and_a_user_tool_does(shared_world):
         return name
 
     assert [t.time_limited for t in fact_tools(shared_world)] == [False] and slow.time_limited
+
+
+# ---------------------------------------------------------------------------------------------- run folders
+
+
+def test_resume_refuses_a_folder_that_is_no_run_or_another_kind(tmp_path):
+    from trainers.run_dir import RunDirError, check
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("my notes")
+    with pytest.raises(RunDirError, match="holds no config.yaml"):
+        check(tmp_path / "mine", resume=True, kind="sft")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("mode: in_tool\n")
+    (run / "run.json").write_text(json.dumps({"kind": "grpo"}))
+    with pytest.raises(RunDirError, match="it is a grpo run"):
+        check(run, resume=True, kind="sft")
+    assert check(run, resume=True, kind="grpo") == run
+    with pytest.raises(RunDirError, match="already exists and is not empty"):
+        check(tmp_path / "mine", resume=False)
+
+
+def test_resume_passes_over_odd_and_incomplete_checkpoints(tmp_path, caplog):
+    from trainers.hf_training import last_checkpoint
+
+    def checkpoint(name: str, *files: str) -> None:
+        (tmp_path / name).mkdir()
+        for file in files:
+            (tmp_path / name / file).write_text("{}")
+
+    checkpoint("checkpoint-10", "trainer_state.json", "model.safetensors")
+    checkpoint("checkpoint-30", "trainer_state.json")  # killed while saving: no weights
+    checkpoint("checkpoint-final", "trainer_state.json", "model.safetensors")
+    (tmp_path / "checkpoint-40").write_text("a file")
+    with caplog.at_level(logging.WARNING):
+        assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert "checkpoint-30 is incomplete" in caplog.text and "checkpoint-final is not a checkpoint" in caplog.text
+    assert last_checkpoint(tmp_path / "checkpoint-30") is None
+
+
+def test_a_study_never_writes_into_a_users_folder(tmp_path):
+    from configs import claim_output
+    from studies.ste.pipeline import SteConfig
+
+    cfg = SteConfig(preset="tiny")
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "config.yaml").write_text("my: own file\n")
+    with pytest.raises(ValueError, match="is not a STE output folder"):
+        claim_output(users, cfg, "STE")
+    assert (users / "config.yaml").read_text() == "my: own file\n"
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        claim_output(tmp_path / "a-file", cfg, "STE")
+    claim_output(tmp_path / "new", cfg, "STE")
+    claim_output(tmp_path / "new", cfg.model_copy(update={"episodes": 3}), "STE")  # its own folder: resumed
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tools": ["nope"]}, "have no test_tasks entry"),
+        ({"rounds": [["find_people", "rm_rf"]]}, "rounds name"),
+        ({"tools": []}, "at least one tool"),
+    ],
+)
+def test_ste_values_are_checked_before_any_work(values, message):
+    from studies.ste.pipeline import SteConfig
+
+    with pytest.raises(ValueError, match=message):
+        SteConfig(**values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"facts": [-8]}, "at least 4"),
+        ({"facts": [0]}, "at least 4"),
+        ({"batch_size": {"in_tool": 0, "in_weight": 8}}, "must be positive"),
+        ({"learning_rate": {"in_tool": 1e-4}}, "no value for the mode"),
+        ({"published": "/no/such.csv"}, "no such file"),
+    ],
+)
+def test_finetune_study_values_are_checked_before_any_run(values, message):
+    from studies.finetune.study import PretrainedStudyConfig
+
+    with pytest.raises(ValueError, match=message):
+        PretrainedStudyConfig(**values)
+
+
+def test_a_prompts_file_with_a_bad_row_names_the_file_and_line(tmp_path):
+    from evals.divergence import load_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"id": "a", "category": "math", "prompt": "1+1"}\n{"id": "b", "category": "math", "x": 1}\n')
+    with pytest.raises(ValueError, match=r"prompts.jsonl, line 2"):
+        load_prompts(path)

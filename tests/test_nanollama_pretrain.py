@@ -149,3 +149,25 @@ def test_help_lists_every_option(capsys):
     text = capsys.readouterr().out
     for flag in ("--mode", "--people", "--emb-dim", "--steps", "--lr", "--tool-format", "--eval-every", "--out"):
         assert flag in text
+
+
+@pytest.mark.slow
+def test_a_trained_run_is_evaluated_again_by_evals_recall(in_tool_run, tmp_path):
+    """The run's model/ folder (HF weights, byte tokenizer, chat template) played through evals.recall gives the
+    run's own answers, fact by fact."""
+    from evals.recall import RecallConfig
+    from evals.recall import main as recall
+
+    cfg, _ = in_tool_run
+    ours = {r["fact_id"]: r for r in map(json.loads, (cfg.run_dir() / "records_unseen.jsonl").read_text().splitlines())}
+    summary = recall(RecallConfig(model=str(cfg.run_dir() / "model"), world=cfg.world_path(), split="unseen",
+                                  mode="in_tool", tool_format=cfg.tool_format, max_turns=4,
+                                  max_new_tokens=cfg.max_new_tokens, out=str(tmp_path / "recall"), progress=False))  # fmt: skip
+    again = [json.loads(line) for line in (tmp_path / "recall" / "records-unseen.jsonl").read_text().splitlines()]
+    assert {r["fact_id"] for r in again} == set(ours)
+    for record in again:
+        mine = ours[record["fact_id"]]
+        assert (record["answer"], record["tool_called"], record["correct"]) == (
+            mine["answer"], mine["tool_called"], mine["correct"]
+        )  # fmt: skip
+    assert summary.recall == sum(r["correct"] for r in ours.values()) / len(ours)

@@ -211,3 +211,31 @@ def test_sft_on_a_server_world(postgres_url, tmp_path):
     assert result.train_recall >= 0.0
     for name in ("run.json", "config.yaml", "summary.json"):
         assert "s3cret" not in (tmp_path / "run" / name).read_text(), name
+
+
+def test_a_counterfactual_copy_is_a_schema_beside_its_world(postgres_url):
+    from evals.faithfulness import counterfactual_world, edited_facts
+
+    world = build_world(SPEC, world_at(postgres_url, "base"))
+    edited = counterfactual_world(world, postgres_url)
+    try:
+        assert "search_path" in edited.target and edited_facts(world, edited)
+        again = counterfactual_world(world, postgres_url)  # built once, then reused
+        assert again.content_hash == edited.content_hash
+        again.close()
+    finally:
+        world.close(), edited.close()
+
+
+@pytest.mark.slow
+def test_the_memory_study_keeps_its_worlds_on_a_server(postgres_url, tmp_path):
+    from studies.memory.__main__ import main, parse
+
+    result = main(parse(["--preset", "tiny", "--out", str(tmp_path / "study"), "--workers", "0",
+                         "--worlds", postgres_url]))  # fmt: skip
+    assert result.out == str(tmp_path / "study")
+    assert not list((tmp_path / "study").glob("worlds/*.db"))  # the worlds are schemas of the server database
+    assert "s3cret" not in (tmp_path / "study" / "config.yaml").read_text()
+    with sa.create_engine(postgres_url).connect() as conn:
+        schemas = {row[0] for row in conn.execute(sa.text("SELECT schema_name FROM information_schema.schemata"))}
+    assert any(s.startswith("world_s0_p") for s in schemas)

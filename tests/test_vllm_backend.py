@@ -90,11 +90,7 @@ def options(model: str, world, out: Path, backend: str, **extra) -> recall.Recal
         backend=backend,
         world=world.url,
         out=str(out),
-        limit=FACTS,
-        max_new_tokens=48,
-        batch_size=32,
-        progress=False,
-        **extra,
+        **{"limit": FACTS, "max_new_tokens": 48, "batch_size": 32, "progress": False, **extra},
     )
 
 
@@ -111,6 +107,17 @@ def test_vllm_gives_the_records_of_hf(trained_model, shared_world, hf_records, t
     assert read_records(tmp_path / "records-train.jsonl") == hf_records["train"]
     assert summary.recall == sum(r.correct for r in hf_records["train"]) / len(hf_records["train"])
     assert summary.startup_s > 0 and summary.tokens_per_s > 0
+
+
+def test_vllm_forces_the_calls_hf_forces(trained_model, shared_world, tmp_path):
+    """tool_choice required-then-auto: vLLM's structured outputs and the hf backend's xgrammar processor write the
+    same forced calls (same frame, same schema, same separators), so the records agree."""
+    forced = {"split": "unseen", "tool_choice": ["required", "auto"], "limit": 24}
+    recall.main(options(trained_model, shared_world, tmp_path / "hf", "hf", threads=1, **forced))
+    recall.main(options(trained_model, shared_world, tmp_path / "vllm", "vllm", enforce_eager=True, max_model_len=512,
+                        **forced))  # fmt: skip
+    hf, vllm = (read_records(tmp_path / side / "records-unseen.jsonl") for side in ("hf", "vllm"))
+    assert vllm == hf and len(hf) == 24 and all(r.tool_called for r in hf)
 
 
 def free_port() -> int:

@@ -226,12 +226,28 @@ def run_result(
     return result
 
 
+WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+
+
 def last_checkpoint(out: Path) -> str | None:
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    if not checkpoints:
-        logger.warning("no checkpoint in %s: training starts from the beginning", out)
+    """The latest complete ``checkpoint-<step>`` of ``out`` (trainer state and weights present), or None.
+
+    A folder of another name, or a checkpoint cut short (a process killed while saving), is passed over with a
+    warning naming it, and the run resumes from the checkpoint before.
+    """
+    complete = []
+    for folder in out.glob("checkpoint-*"):
+        step = folder.name.removeprefix("checkpoint-")
+        if not (folder.is_dir() and step.isdigit()):
+            logger.warning("%s is not a checkpoint-<step> folder: not resumed from", folder)
+        elif not (folder / "trainer_state.json").is_file() or not any((folder / w).is_file() for w in WEIGHTS):
+            logger.warning("%s is incomplete (no trainer_state.json or no weights): not resumed from", folder)
+        else:
+            complete.append((int(step), folder))
+    if not complete:
+        logger.warning("no complete checkpoint in %s: training starts from the beginning", out)
         return None
-    return str(checkpoints[-1])
+    return str(max(complete)[1])
 
 
 def train_and_finish(trainer: Any, progress: Any, tokenizer: Any) -> tuple[Any, int, dict[str, float], bool]:

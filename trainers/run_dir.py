@@ -6,6 +6,7 @@ way to continue one, and then metrics and records are appended, never rewritten.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,25 @@ def resolve(output_dir: str | None, kind: str, mode: str) -> Path:
     return default_name(kind, mode) if output_dir in (None, AUTO) else Path(output_dir)
 
 
-def check(path: str | Path, *, resume: bool) -> Path:
-    """Raise unless ``path`` can hold a new run (or, with ``resume``, is a run). Creates nothing."""
+def check(path: str | Path, *, resume: bool, kind: str | None = None) -> Path:
+    """Raise unless ``path`` can hold a new run (or, with ``resume``, is a run of ``kind``). Creates nothing."""
     path = Path(path)
     if resume:
         if not (path / "config.yaml").is_file():
             raise RunDirError(f"cannot resume {path}: it holds no config.yaml of an earlier run")
+        recorded = _recorded_kind(path)
+        if kind is not None and recorded is not None and recorded != kind:
+            raise RunDirError(f"cannot resume {path} as a {kind} run: it is a {recorded} run (its run.json)")
     elif path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise RunDirError(f"{path} already exists and is not empty; choose another --output_dir or pass --resume")
     return path
+
+
+def _recorded_kind(path: Path) -> str | None:
+    try:
+        return json.loads((path / "run.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):  # no run.json (an older run), or one that is not ours
+        return None
 
 
 def prepare(path: str | Path, *, resume: bool) -> Path:

@@ -70,7 +70,7 @@ def start_run(cfg: RunOptions, training: Any, *, kind: str, prepare: Callable[[W
     ranks = Ranks.current()
 
     def choose() -> str:
-        return str(run_dir.check(run_dir.resolve(training.output_dir, kind, cfg.mode), resume=cfg.resume))
+        return str(run_dir.check(run_dir.resolve(training.output_dir, kind, cfg.mode), resume=cfg.resume, kind=kind))
 
     out = Path(ranks.broadcast(ranks.first(choose, then=lambda: "")))
     training.output_dir = str(out)

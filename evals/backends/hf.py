@@ -9,7 +9,10 @@ records whichever backend runs the model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
+
+from itl_env.tool_choice import AUTO, FORCED_MIN_TOKENS, NONE, call_frame, call_grammar
 
 logger = logging.getLogger(__name__)
 
@@ -68,22 +71,40 @@ class HFPolicy:
         self.batch_size = batch_size
         self.temperature = temperature
         self.last_token_counts: list[int] = []
+        self._forced: Forcing | None = None
 
-    def generate(self, conversations: list[list[dict[str, Any]]]) -> list[str]:
-        texts: list[str] = []
-        counts: list[int] = []
-        for start in range(0, len(conversations), self.batch_size):
-            chunk_texts, chunk_counts = self._generate(conversations[start : start + self.batch_size])
-            texts += chunk_texts
-            counts += chunk_counts
+    def generate(
+        self, conversations: list[list[dict[str, Any]]], tool_choice: Sequence[str] | None = None
+    ) -> list[str]:
+        """One reply per conversation; ``tool_choice`` (``itl_env.tool_choice``): one value per conversation."""
+        choices = list(tool_choice) if tool_choice is not None else [AUTO] * len(conversations)
+        texts: list[str] = [""] * len(conversations)
+        counts: list[int] = [0] * len(conversations)
+        for choice in dict.fromkeys(choices):  # conversations forced alike are generated together
+            rows = [i for i, c in enumerate(choices) if c == choice]
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start : start + self.batch_size]
+                chunk_texts, chunk_counts = self._generate([conversations[i] for i in chunk], choice)
+                for i, text, count in zip(chunk, chunk_texts, chunk_counts, strict=True):
+                    texts[i], counts[i] = text, count
         self.last_token_counts = counts
         return texts
 
-    def _generate(self, conversations: list[list[dict[str, Any]]]) -> tuple[list[str], list[int]]:
+    def _generate(self, conversations: list[list[dict[str, Any]]], choice: str = AUTO) -> tuple[list[str], list[int]]:
         import torch
 
         tok = self.tokenizer
         prompts = chat_prompts(tok, conversations, self.tools)
+        constraint: dict[str, Any] = {}
+        before = after = ""
+        if choice == NONE and self.tools:
+            constraint["bad_words_ids"] = [self._forcing().opening_ids]
+        elif choice not in (AUTO, NONE):
+            forcing = self._forcing()
+            before, after = forcing.before, forcing.after
+            prompts = [p + forcing.opening_ids_in_prompt for p in prompts]
+            constraint["logits_processor"] = [forcing.processor(choice)]
+            constraint["max_new_tokens"] = max(self.max_new_tokens, FORCED_MIN_TOKENS)
         side = tok.padding_side
         tok.padding_side = "left"  # decoder-only batches must end where generation starts
         try:
@@ -102,7 +123,7 @@ class HFPolicy:
             with torch.inference_mode():
                 out = self.model.generate(
                     **batch,
-                    max_new_tokens=self.max_new_tokens,
+                    **{"max_new_tokens": self.max_new_tokens, **constraint},
                     **decoding,
                     eos_token_id=tok.eos_token_id,
                     pad_token_id=tok.pad_token_id,
@@ -112,4 +133,37 @@ class HFPolicy:
                 self.model.train()
         new = out[:, batch["input_ids"].shape[1] :].tolist()
         replies = [reply_text(tok, ids) for ids in new]
-        return [text for text, _ in replies], [count for _, count in replies]
+        return [(before + text + after).strip() for text, _ in replies], [count for _, count in replies]
+
+    def _forcing(self) -> Forcing:
+        if self._forced is None:
+            if not self.tools:
+                raise ValueError("tool_choice other than auto/none needs tools, and this policy offers none")
+            self._forced = Forcing(self.tokenizer, self.tools, vocab_size=self.model.config.vocab_size)
+        return self._forced
+
+
+class Forcing:
+    """What forcing a call takes for one tokenizer and tool set: the call's frame and compiled JSON grammars."""
+
+    def __init__(self, tokenizer: Any, tools: list[dict[str, Any]], *, vocab_size: int):
+        import xgrammar as xgr
+
+        self.tools = tools
+        self.before, self.after = call_frame(tokenizer, tools)
+        # the opening (e.g. "<tool_call>\n") is written into the prompt, the JSON is generated under the grammar
+        self.opening_ids_in_prompt = tokenizer(self.before, add_special_tokens=False)["input_ids"]
+        self.opening_ids = tokenizer(self.before.strip(), add_special_tokens=False)["input_ids"]  # banned by none
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=[tokenizer.eos_token_id]
+        )
+        self.compiler = xgr.GrammarCompiler(info, max_threads=1)
+        self.grammars: dict[str, Any] = {}
+
+    def processor(self, choice: str) -> Any:
+        """A fresh logits processor (xgrammar's are single-use) constraining the reply to one call of ``choice``."""
+        import xgrammar.contrib.hf
+
+        if choice not in self.grammars:
+            self.grammars[choice] = self.compiler.compile_grammar(call_grammar(self.tools, choice))
+        return xgrammar.contrib.hf.LogitsProcessor(self.grammars[choice])

@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from itl_env.formats import HermesFormat, ToolCall
+from itl_env.tool_choice import AUTO, NONE, openai_tool_choice
 
 logger = logging.getLogger(__name__)
 
@@ -156,12 +158,16 @@ class OpenAIPolicy:
         self.last_token_counts: list[int] = []
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="openai-policy")
 
-    def generate(self, conversations: list[list[dict[str, Any]]]) -> list[str]:
-        replies = list(self._pool.map(self._complete, conversations))
+    def generate(
+        self, conversations: list[list[dict[str, Any]]], tool_choice: Sequence[str] | None = None
+    ) -> list[str]:
+        """One reply per conversation; ``tool_choice`` (one value per conversation) goes to the server as is."""
+        choices = list(tool_choice) if tool_choice is not None else [AUTO] * len(conversations)
+        replies = list(self._pool.map(self._complete, conversations, choices))
         self.last_token_counts = [count for _, count in replies]
         return [text for text, _ in replies]
 
-    def _complete(self, messages: list[dict[str, Any]]) -> tuple[str, int]:
+    def _complete(self, messages: list[dict[str, Any]], choice: str = AUTO) -> tuple[str, int]:
         request: dict[str, Any] = {
             "model": self.model,
             "messages": api_messages(messages),
@@ -170,6 +176,10 @@ class OpenAIPolicy:
         }
         if self.tools:
             request["tools"] = self.tools
+            if choice != AUTO:
+                request["tool_choice"] = openai_tool_choice(choice)
+        elif choice not in (AUTO, NONE):
+            raise ValueError("tool_choice other than auto/none needs tools, and this policy offers none")
         if self.extra_body:
             request["extra_body"] = self.extra_body
         response = self.client.chat.completions.create(**request)

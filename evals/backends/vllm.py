@@ -23,10 +23,12 @@ import logging
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from evals.backends.hf import chat_prompts, reply_text
+from itl_env.tool_choice import AUTO, FORCED_MIN_TOKENS, NONE, call_frame, call_grammar
 
 logger = logging.getLogger(__name__)
 
@@ -125,19 +127,46 @@ class VLLMPolicy:
             "detokenize": False,
         }
 
-    def generate(self, conversations: list[list[dict[str, Any]]]) -> list[str]:
+    def generate(
+        self, conversations: list[list[dict[str, Any]]], tool_choice: Sequence[str] | None = None
+    ) -> list[str]:
+        """One reply per conversation; ``tool_choice`` (``itl_env.tool_choice``): one value per conversation,
+        a forced call's JSON constrained by vLLM's structured outputs to the same schema as the hf backend's.
+        """
+        choices = list(tool_choice) if tool_choice is not None else [AUTO] * len(conversations)
+        texts, counts = [""] * len(conversations), [0] * len(conversations)
+        for choice in dict.fromkeys(choices):
+            rows = [i for i, c in enumerate(choices) if c == choice]
+            got_texts, got_counts = self._generate([conversations[i] for i in rows], choice)
+            for i, text, count in zip(rows, got_texts, got_counts, strict=True):
+                texts[i], counts[i] = text, count
+        self.last_token_counts = counts
+        return texts
+
+    def _generate(self, conversations: list[list[dict[str, Any]]], choice: str) -> tuple[list[str], list[int]]:
         prompts = chat_prompts(self.tokenizer, conversations, self.tools)
+        sampling = self.sampling()
+        before = after = ""
+        if choice == NONE and self.tools:
+            sampling["bad_words"] = [call_frame(self.tokenizer, self.tools)[0].strip()]
+        elif choice != AUTO and choice != NONE:
+            if not self.tools:
+                raise ValueError("tool_choice other than auto/none needs tools, and this policy offers none")
+            before, after = call_frame(self.tokenizer, self.tools)
+            opening = self.tokenizer(before, add_special_tokens=False)["input_ids"]
+            prompts = [p + opening for p in prompts]
+            sampling["max_tokens"] = max(self.max_new_tokens, FORCED_MIN_TOKENS)
+            sampling["structured_outputs"] = {"grammar": call_grammar(self.tools, choice)}  # the hf backend's grammar
         n = len(self._engines)
         shares = [prompts[rank::n] for rank in range(n)]
         for engine, share in zip(self._engines, shares, strict=True):
-            engine.submit(share, self.sampling())
+            engine.submit(share, sampling)
         outputs: list[list[int]] = [[] for _ in prompts]
         for rank, engine in enumerate(self._engines):
             for k, ids in enumerate(engine.result()):
                 outputs[rank + k * n] = ids
         replies = [reply_text(self.tokenizer, ids) for ids in outputs]
-        self.last_token_counts = [count for _, count in replies]
-        return [text for text, _ in replies]
+        return [(before + text + after).strip() for text, _ in replies], [count for _, count in replies]
 
     def close(self) -> None:
         for engine in self._engines:
@@ -153,9 +182,12 @@ class VLLMPolicy:
 
 def _generate_ids(llm: Any, prompts: list[list[int]], sampling: dict[str, Any]) -> list[list[int]]:
     from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
 
     if not prompts:
         return []
+    if "structured_outputs" in sampling:  # sent as a plain dict (it crosses to engine processes)
+        sampling = {**sampling, "structured_outputs": StructuredOutputsParams(**sampling["structured_outputs"])}
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(**sampling), use_tqdm=False)
     return [list(o.outputs[0].token_ids) for o in outputs]
 

@@ -73,6 +73,10 @@ class PretrainedStudyConfig(BaseModel):
     faithfulness_sample: int = Field(200, ge=1, description="changed facts asked in the counterfactual world")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (none: torch's choice)")
     out: str | None = Field(None, description="output folder (default: runs/finetune/<preset>)")
+    worlds: str | None = Field(
+        None,
+        description="where the worlds live: a folder or a PostgreSQL URL, each world a schema (default: OUT/worlds)",
+    )
     results: str | None = Field(None, description="also copy the tables to this folder (e.g. results/)")
     published: str | None = Field(None, description="itl_large_scale_results.csv, to overlay the published rows")
 
@@ -210,6 +214,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
 
     from evals.faithfulness import counterfactual_world, faithfulness
     from evals.policies import PolicyConfig, build_policy
+    from itl_env.store import world_at
     from itl_env.world import open_or_build
     from trainers.fine_tune import SFTScriptConfig, fine_tune
     from trainers.options import cuda_available, no_activation_checkpointing
@@ -219,8 +224,8 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     if finished.exists():
         return StudyRow.model_validate_json(finished.read_text(encoding="utf-8"))
     people = max(1, facts // 4)
-    worlds = cfg.out_dir() / "worlds"
-    world_path = worlds / f"world-{people}-{cfg.unseen_people}-{cfg.world_seed}.db"
+    worlds = cfg.worlds or str(cfg.out_dir() / "worlds")
+    world_path = world_at(worlds, f"world-{people}-{cfg.unseen_people}-{cfg.world_seed}")
     ranks = Ranks.current()
     world = ranks.first(
         lambda: open_or_build(world_path, people=people, unseen_people=cfg.unseen_people, seed=cfg.world_seed)
@@ -419,8 +424,7 @@ def run_study(cfg: PretrainedStudyConfig) -> PretrainedStudyResult:
     out = cfg.out_dir()
 
     def create() -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        configs.record(out / "config.yaml", cfg)
+        configs.claim_output(out, cfg, "fine-tuning study")
 
     ranks.first(create, then=lambda: None)
     runs = [(mode, facts) for facts in cfg.facts for mode in cfg.modes]

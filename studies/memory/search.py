@@ -95,6 +95,10 @@ class StudyConfig(BaseModel):
     gpus_per_run: int = Field(0, ge=0, description="GPUs per run; > 1 launches each run with torchrun (DDP)")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     out: str | None = Field(None, description="output folder (default: runs/study/<preset>)")
+    worlds: str | None = Field(
+        None,
+        description="where the worlds live: a folder or a PostgreSQL URL, each world a schema (default: OUT/worlds)",
+    )
     published: str | None = Field(None, description="published results CSV (itl_grid4.csv) to compare and overlay")
     progress: bool = Field(False, description="progress bars inside runs")
 
@@ -134,7 +138,7 @@ class StudyConfig(BaseModel):
             people=people,
             unseen_people=self.unseen_people,
             world_seed=self.world_seed,
-            world_dir=str(out / "worlds"),
+            world_dir=self.worlds or str(out / "worlds"),
             tool_format=self.tool_format,
             emb_dim=emb_dim,
             train=self.train.model_copy(update={"seed": seed}),
@@ -273,8 +277,7 @@ class Study:
     def run(self) -> StudyResult:
         cfg = self.cfg
         out = cfg.out_dir()
-        out.mkdir(parents=True, exist_ok=True)
-        configs.record(out / "config.yaml", cfg)
+        configs.claim_output(out, cfg, "memory study")
         self._prepare_worlds()
         start = time.perf_counter()
         in_flight: dict[Future, list[tuple[str, int, int, int]]] = {}
@@ -400,11 +403,8 @@ class Study:
 
         for people in self.cfg.people:
             run = self.cfg.run_config(self.cfg.modes[0], people, self.cfg.emb_dims[0], self.cfg.seeds[0])
-            Path(run.world_dir).mkdir(parents=True, exist_ok=True)
             spec = WorldSpec(seed=run.world_seed, people=people, unseen_people=run.unseen_people)
-            world = ensure_world(
-                spec, Path(run.world_dir) / f"world-s{run.world_seed}-p{people}-u{run.unseen_people}.db"
-            )
+            world = ensure_world(spec, run.world_path())
             counterfactual_world(world, run.world_dir).close()  # what in-tool runs are asked on afterwards
             world.close()
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import configs
 from configs import jsonl
@@ -77,12 +77,29 @@ class SteConfig(BaseModel):
     eval_batch_size: int = Field(32, ge=1)
     threads: int | None = Field(None, ge=1)
     out: str | None = Field(None, description="output folder (default: runs/ste/<preset>)")
+    worlds: str | None = Field(
+        None,
+        description="where the worlds live: a folder or a PostgreSQL URL, each world a schema (default: OUT/worlds)",
+    )
     results: str | None = Field(
         None, description="also copy the tables to this folder (e.g. results/) as ste-<output folder's name>-*"
     )
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs/ste") / self.preset
+
+    @model_validator(mode="after")
+    def _tools_agree(self) -> SteConfig:
+        """Every tool has its test tasks, and every round names only tools being learned (checked before work)."""
+        if not self.tools:
+            raise ValueError("tools must name at least one tool to learn")
+        untested = [t for t in self.tools if t not in self.test_tasks]
+        if untested:
+            raise ValueError(f"tools {untested} have no test_tasks entry (tool -> TaskKind); known: {self.test_tasks}")
+        strays = sorted({t for round_ in self.rounds for t in round_} - set(self.tools))
+        if strays:
+            raise ValueError(f"rounds name {strays}, which are not among the tools learned ({self.tools})")
+        return self
 
 
 # -------------------------------------------------------------------------------------------- context
@@ -93,11 +110,14 @@ class Context:
 
     def __init__(self, cfg: SteConfig):
         from itl_env.fact_tools import registry_for
+        from itl_env.store import world_at
         from itl_env.tasks import make_tasks, task_kinds
         from itl_env.world import open_or_build
 
         self.cfg, self.out = cfg, cfg.out_dir()
-        world_path = self.out / "world" / f"world-{cfg.people}-{cfg.unseen_people}-{cfg.world_seed}.db"
+        world_path = world_at(
+            cfg.worlds or self.out / "world", f"world-{cfg.people}-{cfg.unseen_people}-{cfg.world_seed}"
+        )
         self.world = open_or_build(world_path, people=cfg.people, unseen_people=cfg.unseen_people, seed=cfg.world_seed)
         self.registry = registry_for(self.world, cfg.tools_factory)
         missing = [t for t in cfg.tools if t not in self.registry]
@@ -295,9 +315,8 @@ def run_pipeline(cfg: SteConfig, steps: tuple[str, ...] = ("explore", "distill",
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
+    configs.claim_output(cfg.out_dir(), cfg, "STE")  # before the world is built into it
     ctx = Context(cfg)
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    configs.record(ctx.out / "config.yaml", cfg)
     try:
         episodes = explore_step(ctx) if "explore" in steps else read_episodes(ctx.out / "explore.jsonl")
         rows, stats = distill_step(ctx, episodes) if {"distill", "evaluate", "continual"} & set(steps) else ([], {})

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (loss curve and
 evaluations), ``summary.json`` (``RunSummary``), ``records_train.jsonl`` / ``records_unseen.jsonl``
-(one ``FactRecord`` per question, tools executed for real) and ``checkpoint.pt``. Running the same
+(one ``FactRecord`` per question, tools executed for real), ``checkpoint.pt`` and ``model/`` (the trained model
+as a Hugging Face folder: ``python -m evals.recall --model <run>/model --tool_format find`` evaluates it again). Running the same
 config again resumes from the checkpoint; a finished run returns its summary at once.
 ``pretrain_stacked`` trains runs that differ only in their seed as one stack in one process, each
 ending as its single run would (``python -m studies.memory --stack_seeds`` uses it).
@@ -44,7 +45,10 @@ class PretrainConfig(BaseModel):
     people: int = Field(256, ge=1, description="training people (4 facts each)")
     unseen_people: int = Field(64, ge=0, description="held-out people for the in-tool generalisation eval")
     world_seed: int = Field(0, description="seed of the fact world")
-    world_dir: str = Field("runs/worlds", description="where the SQLite worlds are generated and reused")
+    world_dir: str = Field(
+        "runs/worlds",
+        description="where worlds are generated and reused: a folder, or a PostgreSQL URL (each world a schema)",
+    )
     tool_format: FormatName = Field("find", description="tool-call text format (find = the paper's)")
     emb_dim: int = Field(32, ge=2, description="model width d (params = 32 d^2 + (2 V + 5) d for 2 layers)")
     n_layers: int = Field(2, ge=1)
@@ -69,9 +73,11 @@ class PretrainConfig(BaseModel):
         check_shape(self.emb_dim, self.n_layers, self.n_heads)
         return self
 
-    def world_path(self) -> Path:
+    def world_path(self) -> str:
         """The SQLite world this run trains on (shared by the runs of the same world)."""
-        return Path(self.world_dir) / f"world-s{self.world_seed}-p{self.people}-u{self.unseen_people}.db"
+        from itl_env.store import world_at
+
+        return world_at(self.world_dir, f"world-s{self.world_seed}-p{self.people}-u{self.unseen_people}")
 
     def run_dir(self) -> Path:
         name = f"{self.mode}-p{self.people}-d{self.emb_dim}-s{self.train.seed}"
@@ -220,7 +226,6 @@ class _Data:
         from trainers.nanollama.tokenizer import ByteTokenizer
 
         world_path = cfg.world_path()
-        world_path.parent.mkdir(parents=True, exist_ok=True)
         spec = WorldSpec(seed=cfg.world_seed, people=cfg.people, unseen_people=cfg.unseen_people)
         world = ensure_world(spec, world_path) if info.rank == 0 else None
         if info.world_size > 1:
@@ -311,6 +316,9 @@ class _Data:
             summary = summary.model_copy(
                 update={"faithful_tool": faithful.tool_rate, "faithful_memory": faithful.memory_rate}
             )
+        from trainers.nanollama.export import save_hf
+
+        save_hf(model, self.tokenizer, cfg.run_dir() / "model")  # itl-recall --model <run>/model evaluates it again
         (cfg.run_dir() / "summary.json").write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
         return summary
 

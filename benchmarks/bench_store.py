@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench_tools import best_rates, call_texts, ours
+from ratio import report
 
 from itl_env.world import World, WorldSpec, build_world
 
@@ -46,12 +47,13 @@ def main(args: argparse.Namespace) -> float:
     finally:
         if server is not None:
             server.close()
-    print(f"world: {len(on_file.rows)} people; calls: {len(texts)}, best of {args.repeats}")
-    print(f"sqlite (file): {rates['sqlite']:,.0f} lookups/s")
-    print(f"postgresql (local server, TCP): {rates['postgresql']:,.0f} lookups/s")
-    ratio = rates["postgresql"] / rates["sqlite"]
-    print(f"ratio postgresql/sqlite: {ratio:.2f}")
-    return ratio
+    return report(
+        f"world: {len(on_file.rows)} people; calls: {len(texts)}, best of {args.repeats}",
+        ("postgresql (local server, TCP)", rates["postgresql"]),
+        ("sqlite (file)", rates["sqlite"]),
+        "lookups/s",
+        "postgresql/sqlite",
+    )
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ratio import report
+
 
 def main(args: argparse.Namespace) -> float:
     import torch
@@ -43,12 +45,13 @@ def main(args: argparse.Namespace) -> float:
                 tokens = sum(policy.last_token_counts)
                 best[side] = min(best[side], (time.perf_counter() - start) / max(tokens, 1) * 1e3)
         world.close()
-    print(f"model {args.model}, batch {len(questions)}, best of {args.repeats}, {args.threads} threads")
-    print(f"free generation: {best['free']:.2f} ms per generated token")
-    print(f"forced call (xgrammar, required): {best['forced']:.2f} ms per generated token")
-    ratio = best["forced"] / best["free"]
-    print(f"ratio forced/free: {ratio:.2f}")
-    return ratio
+    return report(
+        f"model {args.model}, batch {len(questions)}, best of {args.repeats}, {args.threads} threads",
+        ("forced call (xgrammar, required)", best["forced"]),
+        ("free generation", best["free"]),
+        "ms per generated token",
+        "forced/free",
+    )
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -121,6 +121,15 @@ def read_records(path: str | Path) -> list[FactRecord]:
     return jsonl.read(path, FactRecord.model_validate)
 
 
+def _takes_tool_choice(policy: Policy) -> bool:
+    import inspect
+
+    try:
+        return "tool_choice" in inspect.signature(policy.generate).parameters
+    except (TypeError, ValueError):  # a callable without a readable signature: let the call say
+        return True
+
+
 def rollout(
     policy: Policy,
     env_factory: Callable[[], ToolUseEnv],
@@ -144,6 +153,8 @@ def rollout(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if any(choice != AUTO for choice in tool_choice) and not _takes_tool_choice(policy):
+        raise ValueError(f"tool_choice {list(tool_choice)}: {type(policy).__name__}.generate takes no tool_choice")
     index, shards = shard
     if not 0 <= index < shards:
         raise ValueError(f"shard {index} of {shards} does not exist")

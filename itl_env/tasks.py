@@ -91,17 +91,22 @@ def make_tasks(
     rng = np.random.default_rng([seed, 7])
     questions = kind.questions(phrasing)
     tasks: dict[str, Task] = {}
+    last_failure = ""
     for _ in range(n * attempts):
         if len(tasks) == n:
             break
-        slots = kind.draw(world, rng)
+        slots = _user(kind, "draw", kind.draw, world, rng)
         calls, results = _execute(kind, registry, slots)
         if calls is None:
+            last_failure = results[-1]
             continue
-        gold = kind.gold(slots, [json.loads(r) if r[:1] in "[{" else _number(r) for r in results])
+        values = [json.loads(r) if r[:1] in "[{" else _number(r) for r in results]
+        gold = _user(kind, "gold", kind.gold, slots, values)
         if not kind.usable(gold):
+            last_failure = f"its gold {gold!r} is not usable"
             continue
-        question = questions[int(rng.integers(len(questions)))].format(**slots)
+        template = questions[int(rng.integers(len(questions)))]
+        question = _user(kind, f"question {template!r}", template.format, **slots)
         if question in tasks:
             continue
         tasks[question] = Task(
@@ -115,8 +120,18 @@ def make_tasks(
             answer=kind.answer.format(**slots, result=show(gold)),
         )
     if len(tasks) < n:
-        raise ValueError(f"could draw only {len(tasks)} distinct {kind.name!r} tasks of {n} from {world!r}")
+        why = f"; the last failed draw: {last_failure[:200]}" if last_failure else " (the draws repeat one another)"
+        raise ValueError(f"could draw only {len(tasks)} distinct {kind.name!r} tasks of {n} from {world!r}{why}")
     return list(tasks.values())
+
+
+def _user(kind: TaskKind, part: str, run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A task kind's own code (a plug-in's): whatever it raises is an error naming the kind and the part."""
+    try:
+        return run(*args, **kwargs)
+    except Exception as err:
+        detail = f"the slot {err} is not drawn" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        raise ValueError(f"task kind {kind.name!r}: its {part} failed ({detail})") from err
 
 
 def _number(text: str) -> Any:
@@ -128,11 +143,11 @@ def _execute(kind: TaskKind, registry: ToolRegistry, slots: dict[str, Any]) -> t
     calls: list[ToolCall] = []
     results: list[str] = []
     values: list[Any] = []
-    while (step := kind.plan(slots, values)) is not None:
+    while (step := _user(kind, "plan", kind.plan, slots, values)) is not None:
         call = ToolCall(name=step["name"], arguments=step["arguments"])
         result = registry.call(call.name, call.arguments)
         if not result.ok:
-            return None, results
+            return None, [*results, f"{call.name}({json.dumps(call.arguments)[:80]}) answered: {result.content}"]
         calls.append(call)
         results.append(result.content)
         values.append(json.loads(result.content) if result.content[:1] in "[{" else _number(result.content))

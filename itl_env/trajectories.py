@@ -35,6 +35,11 @@ def oracle_conversations(
     fixes it.
     """
     offer_tools = mode == "in_tool"
+    if offer_tools and registry is not None and "lookup" not in registry and any(isinstance(f, Fact) for f in facts):
+        raise ValueError(
+            f"fact recall in_tool is answered with the lookup tool, which the registry lacks (its tools: "
+            f"{', '.join(registry.names)}); add the fact tools to it (itl_env.fact_tools.fact_tools) or drop fact_recall"
+        )
 
     def env_factory() -> ToolUseEnv:
         return ToolUseEnv(world, tool_format=tool_format, registry=registry, offer_tools=offer_tools)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import types
 
@@ -340,3 +341,46 @@ def test_a_prompts_file_with_a_bad_row_names_the_file_and_line(tmp_path):
     path.write_text('{"id": "a", "category": "math", "prompt": "1+1"}\n{"id": "b", "category": "math", "x": 1}\n')
     with pytest.raises(ValueError, match=r"prompts.jsonl, line 2"):
         load_prompts(path)
+
+
+# ---------------------------------------------------------------------------------------------- diagnoses
+
+
+def kind_with(**changes):
+    import dataclasses
+
+    return dataclasses.replace(BUILT_IN[0], **changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"draw": lambda world, rng: 1 / 0}, "its draw failed (ZeroDivisionError"),
+        ({"plan": lambda slots, results: slots["nope"]}, "its plan failed"),
+        ({"train_questions": ("Who is {nobody}?",)}, "the slot 'nobody' is not drawn"),
+        ({"plan": lambda slots, results: None if results else {"name": "rm_rf", "arguments": {}}},
+         "the last failed draw: rm_rf({}) answered: unknown tool 'rm_rf'"),
+    ],
+)  # fmt: skip
+def test_a_broken_task_kind_says_what_is_wrong(shared_world, changes, message):
+    from itl_env.people_tools import registry
+    from itl_env.tasks import make_tasks
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_tasks(kind_with(**changes), shared_world, registry(shared_world), 4)
+
+
+def test_fact_recall_without_lookup_says_so(shared_world):
+    from itl_env.trajectories import oracle_conversations
+    from tools import ToolRegistry
+
+    age_on = people_tools_without_lookup(shared_world)
+    with pytest.raises(ValueError, match="answered with the lookup tool, which the registry lacks"):
+        oracle_conversations(shared_world, shared_world.facts("train")[:2], "in_tool", registry=ToolRegistry(age_on))
+
+
+def people_tools_without_lookup(world):
+    from itl_env.people_tools import registry
+
+    full = registry(world)
+    return [full._tools[name] for name in full.names if name != "lookup"]

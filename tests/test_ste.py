@@ -69,7 +69,7 @@ def test_long_term_memory_changes_what_is_proposed(people, tmp_path):
     world, tools = people
     proposer = Proposer(world)
     episodes = explore(world, tools, ["count_people"], imagine=proposer, trial_policy=lambda s: Player(), out=tmp_path,
-                       episodes=3, trials=1, batch=1, recent=8, progress=False)  # fmt: skip
+                       episodes=3, trials=1, batch=1, recent=8, progress=False, first_turn="auto")  # fmt: skip
     first, second = [p for p in proposer.prompts if not p.startswith("Question:")][:2]
     assert "already explored" not in first and f"- {episodes[0].query}" in second
     assert len({e.query for e in episodes}) == 3  # each proposal saw one more explored query
@@ -81,7 +81,7 @@ def test_short_term_memory_reaches_the_next_trial(people, tmp_path):
     world, tools = people
     player = Player()
     (episode,) = explore(world, tools, ["count_people"], imagine=Proposer(world), trial_policy=lambda s: player,
-                         out=tmp_path, episodes=1, trials=2, batch=1, progress=False)  # fmt: skip
+                         out=tmp_path, episodes=1, trials=2, batch=1, progress=False, first_turn="auto")  # fmt: skip
     assert len(episode.trials) == 2 and not episode.trials[0].calls and episode.trials[1].calls
     second_trial = [q for q in player.questions if "Earlier attempts" in q]
     assert second_trial and "no tool call; answer: I do not know.; judged not satisfied" in second_trial[0]
@@ -110,22 +110,25 @@ def episode(tool, query, calls, results, answer):
     )
 
 
-def test_distillation_drops_failed_and_ungrounded_trajectories(people):
+def test_distillation_drops_failed_ungrounded_and_off_question_trajectories(people):
     _, tools = people
     call = {"name": "count_people", "arguments": {"attribute": "current_address", "value": "Lisbon"}}
     ok = {"name": "count_people", "ok": True, "content": "3"}
     failed = {"name": "count_people", "ok": False, "content": "invalid arguments"}
+    faro = {"name": "count_people", "arguments": {"attribute": "current_address", "value": "Faro"}}
     episodes = [
         episode("count_people", "How many live in Lisbon?", [call], [ok], "3 people live in Lisbon."),
         episode("count_people", "How many live in Lisbon?", [call], [ok], "Three, I think: 3."),  # a duplicate
         episode("count_people", "How many live in Porto?", [call], [failed], "3 people."),
-        episode("count_people", "How many live in Faro?", [call], [ok], "Nobody knows."),
+        episode("count_people", "How many live in Faro?", [faro], [ok], "Nobody knows."),
         episode("count_people", "How many live in Braga?", [], [], "5 people."),
+        episode("count_people", "How many live in Evora?", [call], [ok], "3 people live there."),  # asks Lisbon
     ]
     rows, stats = distill(episodes, tools, cap=10)
     assert [r["messages"][0]["content"] for r in rows] == ["How many live in Lisbon?"]
     assert stats["reasons"] == {"kept": 1, "duplicate query": 1, "a call failed": 1,
-                                "answer not grounded in the results": 1, "no tool call": 1}  # fmt: skip
+                                "answer not grounded in the results": 1, "no tool call": 1,
+                                "call not grounded in the question": 1}  # fmt: skip
     assert rows[0]["tools"] == [tools["count_people"].json_schema]
     assert is_grounded("Ana Silva and Rui Costa.", [{"content": '["Ana Silva", "Rui Costa"]'}])
     assert not is_grounded("Ana Silva.", [{"content": '["Ana Silva", "Rui Costa"]'}])
@@ -202,3 +205,35 @@ def test_report_copies_are_named_after_the_run_folder(tmp_path):
     assert copies == [
         f"ste-{run}-{name}" for run in ("cpu", "cpu-tool-explorer") for name in ("correctness.csv", "tables.md")
     ]
+
+
+def test_the_trial_protocol_forces_a_call_and_shows_another_tools_exchange(people, tmp_path):
+    """first_turn=required: an untrained model's every trial calls the explored tool (schema-valid arguments); the
+    question is shown under a worked exchange with lookup, which names no part of the explored tool."""
+    from evals.backends.hf import HFPolicy
+    from evals.models import load
+    from studies.ste.explore import worked_example
+
+    world, tools = people
+    model, tokenizer = load("default", for_training=False)
+    seen = []
+
+    class Seeing(HFPolicy):
+        def generate(self, conversations, tool_choice=None):
+            seen.extend(c[0]["content"] for c in conversations)
+            return super().generate(conversations, tool_choice=tool_choice)
+
+    def explored(first_turn, out):
+        return explore(world, tools, ["count_people"], imagine=Proposer(world), out=out, episodes=2, trials=1,
+                       trial_policy=lambda schemas: Seeing(model, tokenizer, schemas, max_new_tokens=24),
+                       batch=2, progress=False, first_turn=first_turn)  # fmt: skip
+
+    forced = explored("required", tmp_path / "forced")
+    assert all(e.trials[0].calls and e.trials[0].calls[0]["name"] == "count_people" for e in forced)
+    assert all(set(e.trials[0].calls[0]["arguments"]) <= {"attribute", "value"} for e in forced)
+    example = worked_example(world, tools, "count_people")
+    person = world.rows[0]
+    assert '"name": "lookup"' in example and person["occupation"] in example and "count_people(" not in example
+    assert seen and all(q.startswith(example) for q in seen)
+    free = explored("auto", tmp_path / "free")  # the zero-shot ablation: the untrained model calls nothing
+    assert not any(e.trials[0].calls for e in free)

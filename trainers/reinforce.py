@@ -20,6 +20,7 @@ from pydantic import Field
 
 from evals.provenance import provenance
 from trainers import run_dir
+from trainers.hf_training import GracefulStop, ModelRecall, lora_config, progress_callback, run_result, train_and_finish
 from trainers.options import RunOptions, RunResult, cuda_available, no_activation_checkpointing
 from trainers.run_start import start_run
 
@@ -99,14 +100,6 @@ def reinforce(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
     from trl import GRPOTrainer
 
     from itl_env.trl_adapter import answered, environment_factory, grpo_dataset
-    from trainers.hf_training import (
-        GracefulStop,
-        ModelRecall,
-        lora_config,
-        progress_callback,
-        run_result,
-        train_and_finish,
-    )
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is experimental in TRL 1.16
     started = time.perf_counter()

@@ -1,7 +1,8 @@
 """STE distillation: the explored trajectories worth learning from, as a dataset ``trainers/sft.py`` trains on.
 
 Kept: an episode whose query was usable, whose last trial called the tool, every call of which
-executed successfully, and whose final answer is grounded in what the tool returned (it states the
+executed successfully and is grounded in the question (each free-text argument, e.g. a name or a date, is
+written in it), and whose final answer is grounded in what the tool returned (it states the
 result, or for a list every item of it). Optionally an LLM judge checks STE's three criteria
 (the answer is informative, faithful to the execution results, the tool use appropriate) and an LLM
 paraphrases each kept query into one more training dialog. Queries are deduplicated and capped per
@@ -50,8 +51,29 @@ def is_grounded(answer: str, results: list[dict[str, Any]]) -> bool:
     return False
 
 
-def verdict(episode: Episode) -> str:
-    """Why an episode is kept ("kept") or dropped (the first rule it breaks)."""
+def call_is_grounded(calls: list[dict[str, Any]], query: str, schemas: dict[str, dict[str, Any]]) -> bool:
+    """Whether every free-text argument of ``calls`` (a string the tool's schema does not enumerate) is written in
+    ``query``: a call must ask what its question asks (a valid call about someone else answers nothing).
+    """
+    text = normalise(query)
+    for call in calls:
+        properties = schemas.get(call["name"], {}).get("function", {}).get("parameters", {}).get("properties", {})
+        arguments = call["arguments"]
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                return False
+        for key, value in arguments.items():
+            if isinstance(value, str) and "enum" not in properties.get(key, {}) and normalise(value) not in text:
+                return False
+    return True
+
+
+def verdict(episode: Episode, schemas: dict[str, dict[str, Any]] | None = None) -> str:
+    """Why an episode is kept ("kept") or dropped (the first rule it breaks); ``schemas`` (tool name -> JSON schema)
+    tells enumerated arguments (an attribute name) from free text, which the question must contain.
+    """
     if episode.query is None:
         return "no usable query"
     if not episode.trials or not episode.trials[-1].calls:
@@ -59,6 +81,8 @@ def verdict(episode: Episode) -> str:
     trial = episode.trials[-1]
     if not all(r["ok"] for r in trial.results):
         return "a call failed"
+    if schemas is not None and not call_is_grounded(trial.calls, episode.query, schemas):
+        return "call not grounded in the question"
     answer = final_answer(episode)
     if answer is None:
         return "no final answer"
@@ -79,8 +103,9 @@ def distill(
     reasons: Counter[str] = Counter()
     kept: dict[str, list[Episode]] = {}
     seen: set[tuple[str, str]] = set()
+    schemas = {name: registry[name].json_schema for name in registry.names}
     for episode in episodes:
-        why = verdict(episode)
+        why = verdict(episode, schemas)
         key = (episode.tool, normalise(episode.query or ""))
         if why == "kept" and key in seen:
             why = "duplicate query"

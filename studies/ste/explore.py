@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from configs import jsonl
 from itl_env.env import ToolUseEnv
+from itl_env.formats import ToolCall, get_format
 from itl_env.rollout import Policy, rollout
 from itl_env.tasks import Task
 from itl_env.world import World
@@ -115,6 +116,24 @@ def free_query(tool: str, index: int, query: str, note: str) -> Task:
                 gold="", answer="")  # fmt: skip
 
 
+def worked_example(world: World, registry: ToolRegistry, tool: str) -> str:
+    """One whole exchange with a tool *other* than ``tool`` (``lookup`` on a real person): the call written as the
+    trials write calls, its real result and an answer stating it; the format shown, nothing of ``tool`` to copy.
+    """
+    if tool == "lookup" or "lookup" not in registry:
+        return ""
+    person = world.rows[0]
+    arguments = {"name": person["name"], "attribute": "occupation"}
+    result = registry.call("lookup", arguments)
+    call = get_format("hermes").render([ToolCall(name="lookup", arguments=arguments)])
+    return (
+        "An example with another tool, lookup:\n"
+        f"Question: What is the occupation of {person['name']}?\nYou call the tool:\n{call}\n"
+        f"The tool returns: {result.content}\nYou answer: {person['name']} works as {result.content}.\n"
+        f"Now answer the next question the same way, with the tool {tool}."
+    )
+
+
 def read_episodes(path: Path) -> list[Episode]:
     if not path.exists():
         return []
@@ -137,11 +156,15 @@ def explore(
     recent: int = 8,
     seed: int = 0,
     progress: bool = True,
+    first_turn: str = "required",
+    example: bool = True,
 ) -> list[Episode]:
     """Explore each tool for ``episodes`` episodes (resuming from ``out/explore.jsonl``); returns every episode.
 
     ``trial_policy(schemas)`` makes the policy that plays the trials with those tools offered; ``judge`` (default:
-    ``imagine``) reflects on each trial.
+    ``imagine``) reflects on each trial. STE's trial protocol: the first turn of a trial is ``first_turn``
+    (``required``: a call of the tool, constrained to its schema; ``auto``: the model's choice, the zero-shot
+    ablation), later turns are free; ``example`` writes a worked exchange with another tool above each question.
     """
     from tqdm import tqdm
 
@@ -173,7 +196,8 @@ def explore(
                 ]
                 proposals = imagine.generate(prompts)
                 fresh = [proposed(tool, start + i, proposal, memory) for i, proposal in enumerate(proposals)]
-                _trials(fresh, world, single, player, judge or imagine, trials, max_turns)
+                shown = worked_example(world, registry, tool) if example else ""
+                _trials(fresh, world, single, player, judge or imagine, trials, max_turns, (first_turn, "auto"), shown)
                 for episode in fresh:
                     episode.seconds = round((time.perf_counter() - batch_started) / len(fresh), 3)
                 for episode in fresh:
@@ -195,7 +219,15 @@ def proposed(tool: str, index: int, proposal: str, memory: LongTermMemory) -> Ep
 
 
 def _trials(
-    batch: list[Episode], world: World, single: ToolRegistry, player: Policy, judge: Policy, trials: int, max_turns: int
+    batch: list[Episode],
+    world: World,
+    single: ToolRegistry,
+    player: Policy,
+    judge: Policy,
+    trials: int,
+    max_turns: int,
+    tool_choice: tuple[str, ...] = ("auto",),
+    example: str = "",
 ) -> None:
     """Up to ``trials`` trials of every episode that has a query, in lockstep; short-term memory between trials."""
     memories = {e.index: ShortTermMemory() for e in batch}
@@ -203,7 +235,8 @@ def _trials(
         open_ = [e for e in batch if e.query and not e.satisfied]
         if not open_:
             break
-        tasks = [free_query(e.tool, e.index, e.query, memories[e.index].note()) for e in open_]
+        notes = ["\n\n".join(n for n in (example, memories[e.index].note()) if n) for e in open_]
+        tasks = [free_query(e.tool, e.index, e.query, note) for e, note in zip(open_, notes, strict=True)]
         started = time.perf_counter()
         played = rollout(
             player,
@@ -213,6 +246,7 @@ def _trials(
             batch_size=len(tasks),
             keep_conversations=True,
             progress=False,
+            tool_choice=tool_choice,
         )
         verdicts = judge.generate(
             [

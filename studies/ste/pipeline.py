@@ -56,6 +56,12 @@ class SteConfig(BaseModel):
     temperature: float = Field(
         0.8, ge=0, description="sampling temperature of the imagination step (0: greedy); trials and judging are greedy"
     )
+    first_turn: Literal["required", "auto"] = Field(
+        "required",
+        description="a trial's first turn: required (a call of the explored tool, constrained to its schema) or "
+        "auto (the model's choice: the zero-shot protocol, an ablation)",
+    )
+    example: bool = Field(True, description="show a worked exchange with another tool (lookup) above each question")
     judge: bool = Field(False, description="also ask the explorer STE's three judging criteria")
     paraphrase: bool = Field(False, description="add one paraphrased query per kept dialog")
     test_queries: int = Field(20, ge=1, description="held-out test queries per tool")
@@ -184,6 +190,8 @@ def explore_step(ctx: Context) -> list[Any]:
         max_turns=cfg.max_turns,
         recent=cfg.recent,
         seed=cfg.world_seed,
+        first_turn=cfg.first_turn,
+        example=cfg.example,
     )
 
 

@@ -88,6 +88,7 @@ def test_hellaswag_sample_is_loaded_and_its_schema_enforced(tmp_path):
         hellaswag.load_items(str(bad))
 
 
+@pytest.mark.slow  # lm-eval's harness: 9-46 s
 def test_lm_eval_scores_the_local_items_as_a_direct_loglikelihood_would(base_and_perturbed):
     """lm-eval's choice (acc) per item equals the ending with the highest summed log-likelihood, computed here."""
     import torch
@@ -110,6 +111,7 @@ def test_lm_eval_scores_the_local_items_as_a_direct_loglikelihood_would(base_and
     assert n == 6 and acc == pytest.approx(right / 6) and 0.0 <= acc_norm <= 1.0
 
 
+@pytest.mark.slow  # lm-eval's harness: 9-46 s
 def test_hellaswag_relative_to_base_and_offline_fallback_is_labelled(base_and_perturbed, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     base, perturbed = base_and_perturbed
@@ -122,6 +124,7 @@ def test_hellaswag_relative_to_base_and_offline_fallback_is_labelled(base_and_pe
     assert run(base, perturbed, hellaswag="none").hellaswag is None
 
 
+@pytest.mark.slow  # lm-eval's harness: 9-46 s
 def test_hellaswag_from_the_hub_offline_is_a_clear_error(base_and_perturbed, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     base, _ = base_and_perturbed

@@ -149,7 +149,22 @@ class StudyConfig(BaseModel):
         )
 
 
-class SizeSearch:
+class WidthOutcomes:
+    """Which width indices of one (mode, people) passed; the threshold is the smallest that did."""
+
+    results: dict[int, bool]
+
+    def record(self, index: int, passed: bool) -> None:
+        self.results[index] = passed
+
+    @property
+    def threshold(self) -> int | None:
+        """Index of the smallest passing width (None if none passed)."""
+        passing = [i for i, ok in self.results.items() if ok]
+        return min(passing) if passing else None
+
+
+class SizeSearch(WidthOutcomes):
     """Smallest index of a monotone pass/fail grid: start, gallop (double/halve the width), then bisect."""
 
     def __init__(self, grid: list[int], start: int, floor: int = 0):
@@ -181,18 +196,9 @@ class SizeSearch:
     def _index_of_width(self, width: float) -> int:
         return min(range(len(self.grid)), key=lambda i: (abs(self.grid[i] - width), i))
 
-    def record(self, index: int, passed: bool) -> None:
-        self.results[index] = passed
-
-    @property
-    def threshold(self) -> int | None:
-        """Index of the smallest passing width (None if none passed)."""
-        passing = [i for i, ok in self.results.items() if ok]
-        return min(passing) if passing else None
-
 
 # -- the study ------------------------------------------------------------------------------------
-class FixedWidths:
+class FixedWidths(WidthOutcomes):
     """The grid's widths of one (mode, people), every one tried (``SizeSearch``'s interface)."""
 
     def __init__(self, indices: list[int]):
@@ -201,14 +207,6 @@ class FixedWidths:
 
     def next(self) -> int | None:
         return next((i for i in self.indices if i not in self.results), None)
-
-    def record(self, index: int, passed: bool) -> None:
-        self.results[index] = passed
-
-    @property
-    def threshold(self) -> int | None:
-        passing = [i for i, ok in self.results.items() if ok]
-        return min(passing) if passing else None
 
 
 class StudyResult(BaseModel):

@@ -4,7 +4,9 @@ An episode asks one question about one person. Each ``step`` takes the assistant
 calls in it are parsed and executed for real and their results are the next observation; a
 message without a tool call is the final answer and ends the episode (``terminated``) with
 reward 1.0 or 0.0 by exact scoring; ``max_turns`` assistant messages without an answer end it
-as ``truncated``. ``info["messages"]`` is the conversation in OpenAI format (a snapshot: it does
+as ``truncated``. With ``reprompt=True`` (STE's trial protocol) a message that is neither a readable call nor
+an answer (empty, code, or a call of an offered tool written in some other syntax) is not taken as the
+answer: it gets an error observation saying so, and another turn. ``info["messages"]`` is the conversation in OpenAI format (a snapshot: it does
 not change when the episode goes on).
 
     >>> import gymnasium, itl_env
@@ -18,6 +20,7 @@ workers: ``gymnasium.make_vec("itl/FactRecall-v0", 4, vectorization_mode="async"
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import weakref
 from functools import cache
@@ -48,6 +51,23 @@ def default_world() -> World:
         or Path(tempfile.gettempdir()) / "itl" / f"default-{spec.seed}-{spec.people}-{spec.unseen_people}.db"
     )
     return ensure_world(spec, path)
+
+
+_CODE = re.compile(r"```|^\s*(?:def|import|from|print)\b|^\s*\{", re.M)
+
+
+def not_an_answer(text: str, tool_names: list[str]) -> str | None:
+    """Why a message without a readable tool call is no answer either (None when it is one): empty, code, or a call
+    of one of ``tool_names`` written in another syntax (``count_people(...)``, ``"name": "count_people"``).
+    """
+    if not text.strip():
+        return "the reply is empty"
+    if _CODE.search(text):
+        return "the reply is code, not a tool call or an answer"
+    for name in tool_names:
+        if re.search(rf"\b{re.escape(name)}\s*\(|\"name\"\s*:\s*\"{re.escape(name)}\"", text):
+            return f"the reply writes a call of {name} the environment cannot read"
+    return None
 
 
 _TASK_SCORERS: weakref.WeakKeyDictionary[World, TaskScorer] = weakref.WeakKeyDictionary()
@@ -85,6 +105,7 @@ class ToolUseEnv(gym.Env[str, str]):
         max_turns: int = 4,
         max_calls_per_turn: int = 4,
         max_action_chars: int = 8192,
+        reprompt: bool = False,
         render_mode: str | None = None,
     ):
         if split not in SPLITS:
@@ -102,6 +123,7 @@ class ToolUseEnv(gym.Env[str, str]):
         self.max_turns = max_turns
         self.max_calls_per_turn = max_calls_per_turn
         self.max_action_chars = max_action_chars
+        self.reprompt = reprompt
         self.render_mode = render_mode
         self.scorer = domain_scorer()
         self._facts: dict[str, list[Fact]] = {}
@@ -194,7 +216,11 @@ class ToolUseEnv(gym.Env[str, str]):
         parsed = self.format.parse(action)
         self.parse_errors.extend(parsed.errors)
         if not parsed.calls and not parsed.errors:
-            return self._finish(action)
+            problem = not_an_answer(action, self.registry.names) if self.reprompt else None
+            if problem is None:
+                return self._finish(action)
+            self.messages.append({"role": "assistant", "content": action})
+            return self._observe([self._error(f"{problem}: {self._how_to_reply()}")])
         calls = [c.as_message_call(f"call_{self.turn}_{i}") for i, c in enumerate(parsed.calls)]
         self.messages.append(
             {"role": "assistant", "content": parsed.content, **({"tool_calls": calls} if calls else {})}
@@ -216,6 +242,10 @@ class ToolUseEnv(gym.Env[str, str]):
                 {"role": "tool", "tool_call_id": calls[i]["id"], "name": result["name"], "content": result["content"]}
             )
         return self._observe(replies)
+
+    def _how_to_reply(self) -> str:
+        shape = getattr(self.format, "shape", f"the {self.format.name} format")
+        return f"call a tool as {shape}, or answer the question in words"
 
     def _error(self, text: str) -> dict[str, Any]:
         return {"role": "tool", "name": "error", "content": text}

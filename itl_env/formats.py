@@ -66,6 +66,7 @@ class HermesFormat:
     """The ``hermes`` format: each call one JSON object inside ``<tool_call>`` ... ``</tool_call>``."""
 
     name = "hermes"
+    shape = '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>'  # how a call looks, for error messages
     open_tag, close_tag = "<tool_call>", "</tool_call>"
 
     def render(self, calls: list[ToolCall], content: str = "") -> str:
@@ -151,6 +152,7 @@ class FindFormat:
     """The paper's ``find`` format: each ``lookup`` call a ``FIND <attribute> FOR <name>`` query in a sql block."""
 
     name = "find"
+    shape = "```sql FIND <attribute> FOR <full name>```"
     tool_name = "lookup"
     _block = re.compile(r"```sql[ \t]*\n?(.*?)```", re.S)
     _query = re.compile(r"FIND\s+(\w+)\s+FOR\s+(.+)", re.S)

@@ -340,3 +340,43 @@ def test_async_vector_env_with_spawned_workers(shared_world):
         assert list(rewards) == [1.0, 1.0] and all(terminated)
     finally:
         envs.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "why"),
+    [
+        ("", "empty"),
+        ("   \n", "empty"),
+        ("```python\nprint(lookup('Ana', 'occupation'))\n```", "code"),
+        ("import sqlite3\nsqlite3.connect('people.db')", "code"),
+        ('{"name": "lookup", "arguments": {}}', "code"),
+        ("I will call lookup(name='Ana Silva', attribute='occupation').", "call of lookup"),
+        ('Calling {"name" : "lookup"} now', "call of lookup"),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["hermes", "find"])
+def test_reprompt_answers_a_reply_that_is_neither_call_nor_answer_with_an_error_turn(shared_world, reply, why, fmt):
+    """STE's trial protocol (reprompt=True): such a reply is told what is wrong and how to reply, and the episode
+    goes on (until max_turns, then truncated); without reprompt it is the final answer, as before."""
+    fact = shared_world.facts("train")[2]
+    env = ToolUseEnv(shared_world, max_turns=2, reprompt=True, tool_format=fmt)
+    env.reset(seed=0, options={"fact": fact})
+    observation, reward, terminated, truncated, info = env.step(reply)
+    assert why in observation and get_format(fmt).shape in observation
+    assert (reward, terminated, truncated) == (0.0, False, False)
+    assert info["messages"][-1] == {"role": "tool", "name": "error", "content": observation}
+    _, reward, terminated, _, info = env.step(call_text(fmt, fact.person, fact.attribute.value))  # a call: runs
+    assert info["tool_results"] == [{"name": "lookup", "ok": True, "content": fact.value}]
+    last = ToolUseEnv(shared_world, max_turns=1, reprompt=True)
+    last.reset(seed=0, options={"fact": fact})
+    assert last.step(reply)[2:4] == (False, True)  # no turn left: truncated, never scored
+    plain = ToolUseEnv(shared_world, max_turns=2, tool_format=fmt)
+    plain.reset(seed=0, options={"fact": fact})
+    assert plain.step(reply)[2] is True  # without reprompt: the final answer
+
+
+@pytest.mark.parametrize("answer", ["Ana Silva works as a chemist.", "From 1990 on she lived in Lima.", "No idea."])
+def test_reprompt_takes_a_plain_answer_as_the_answer(shared_world, answer):
+    env = ToolUseEnv(shared_world, reprompt=True)
+    env.reset(seed=0)
+    assert env.step(answer)[2] is True

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from itl_env.people_tools import registry
-from studies.ste.distill import distill, is_grounded, verdict
-from studies.ste.explore import Episode, explore, parse_query
+from studies.ste.distill import distill, exploration_yield, is_grounded, kept_samples, verdict
+from studies.ste.explore import Episode, explore, parse_query, read_episodes
 from studies.ste.memory import LongTermMemory, Trial
 from studies.ste.pipeline import round_data
 
@@ -68,7 +68,7 @@ class Player:
 def test_long_term_memory_changes_what_is_proposed(people, tmp_path):
     world, tools = people
     proposer = Proposer(world)
-    episodes = explore(world, tools, ["count_people"], imagine=proposer, trial_policy=lambda s: Player(), out=tmp_path,
+    episodes = explore(world, tools, ["count_people"], imagine=proposer, trial_policy=lambda t, s: Player(), out=tmp_path,
                        episodes=3, trials=1, batch=1, recent=8, progress=False, first_turn="auto")  # fmt: skip
     first, second = [p for p in proposer.prompts if not p.startswith("Question:")][:2]
     assert "already explored" not in first and f"- {episodes[0].query}" in second
@@ -80,7 +80,7 @@ def test_long_term_memory_changes_what_is_proposed(people, tmp_path):
 def test_short_term_memory_reaches_the_next_trial(people, tmp_path):
     world, tools = people
     player = Player()
-    (episode,) = explore(world, tools, ["count_people"], imagine=Proposer(world), trial_policy=lambda s: player,
+    (episode,) = explore(world, tools, ["count_people"], imagine=Proposer(world), trial_policy=lambda t, s: player,
                          out=tmp_path, episodes=1, trials=2, batch=1, progress=False, first_turn="auto")  # fmt: skip
     assert len(episode.trials) == 2 and not episode.trials[0].calls and episode.trials[1].calls
     second_trial = [q for q in player.questions if "Earlier attempts" in q]
@@ -136,6 +136,46 @@ def test_distillation_drops_failed_ungrounded_and_off_question_trajectories(peop
     assert len(rows) == 1 and stats["reasons"]["duplicate query"] == 2
 
 
+def test_the_yield_counts_each_stage_per_tool_and_samples_show_kept_dialogs(people):
+    _, tools = people
+    call = {"name": "count_people", "arguments": {"attribute": "current_address", "value": "Lisbon"}}
+    ok = {"name": "count_people", "ok": True, "content": "3"}
+    failed = {"name": "count_people", "ok": False, "content": "invalid arguments"}
+    episodes = [
+        episode("count_people", "How many live in Lisbon?", [call], [ok], "3 people live in Lisbon."),
+        episode("count_people", "how many live in lisbon?", [call], [ok], "Nobody."),  # same question, ungrounded
+        episode("count_people", "How many live in Porto?", [call], [failed], "3 people."),
+        episode("count_people", "How many live in Braga?", [], [], "5 people."),
+    ]
+    rows, _ = distill(episodes, tools, cap=10)
+    (row,) = exploration_yield(episodes, rows, ["count_people"])
+    assert {k: row[k] for k in ("episodes", "distinct_questions", "trials", "valid_call", "grounded_answer", "kept")} == {
+        "episodes": 4, "distinct_questions": 3, "trials": 4, "valid_call": 2, "grounded_answer": 1, "kept": 1,
+    }  # fmt: skip
+    (sample,) = kept_samples(rows * 3, per_tool=1)
+    assert sample == {"tool": "count_people", "question": "How many live in Lisbon?", "calls": [call],
+                      "results": ["3"], "answer": "3 people live in Lisbon."}  # fmt: skip
+
+
+def test_a_leave_one_out_explorer_never_sees_its_tool(tmp_path):
+    """The explorer of tool T learns from the oracle's dialogs of lookup and every other tool: none offers T."""
+    from studies.ste.__main__ import parse
+    from studies.ste.pipeline import Context, explorer_rows
+
+    _, cfg = parse(["explore", "--preset", "tiny", "--out", str(tmp_path / "ste")])
+    ctx = Context(cfg)
+    try:
+        for tool in cfg.tools:
+            rows = explorer_rows(ctx, tool)
+            offered = {t["function"]["name"] for r in rows for t in r["tools"]}
+            called = {c["function"]["name"] for r in rows for m in r["messages"] for c in m.get("tool_calls", [])}
+            assert tool not in offered | called and {"lookup"} < offered == called
+            assert all(len(r["tools"]) == 1 for r in rows)  # each dialog offers its own tool alone, as trials do
+            assert len(rows) == cfg.explorer_dialogs * len(offered)
+    finally:
+        ctx.close()
+
+
 def test_replay_mixes_earlier_rounds_and_general_dialogs():
     fresh, earlier, general = [{"id": f"n{i}"} for i in range(4)], [{"id": f"e{i}"} for i in range(10)], [{"id": "g"}]
     mixed = round_data(fresh, earlier, general, share=0.5, seed=2)
@@ -168,12 +208,20 @@ def test_the_pipeline_runs_end_to_end_on_the_tiny_preset(tmp_path):
 
     steps, cfg = parse(["all", "--preset", "tiny", "--out", str(tmp_path / "ste")])
     result = main(steps, cfg)
-    assert result.exploration["episodes"] == 6
+    assert [(r["explorer"], r["tool"], r["episodes"]) for r in result.exploration] == [
+        (e, t, 3) for e in ("leave_one_out", "base") for t in ("count_people", "age_on")
+    ]
+    explored = {e: read_episodes(tmp_path / "ste" / "explorers" / e / "explore.jsonl") for e in cfg.explorers}
+    # the same imagined questions for both explorers (imagination seeded per batch): a paired comparison
+    assert [x.query for x in explored["leave_one_out"]] == [x.query for x in explored["base"]]
+    for tool in cfg.tools:  # each leave-one-out explorer was trained without its tool
+        assert (tmp_path / "ste" / "models" / f"explorer-without-{tool}" / "model" / "config.json").is_file()
     settings = [r["setting"] for r in result.correctness]
-    kept = result.exploration["kept"] > 0  # in-context and STE fine-tuning need explored dialogs
-    assert settings == ["base", *(["STE in-context", "STE fine-tuned"] if kept else []), "oracle fine-tuned"]
+    kept = [e for e in cfg.explorers if any(r["explorer"] == e and r["kept"] for r in result.exploration)]
+    ste = [f"STE {how} ({e})" for e in kept for how in ("in-context", "fine-tuned")]
+    assert settings == ["base", *ste, "oracle fine-tuned"]
     assert {(r["replay"], r["round"]) for r in result.continual} == {(True, 1), (True, 2), (False, 1), (False, 2)}
-    assert (tmp_path / "ste" / "tables.md").is_file() and (tmp_path / "ste" / "explore.jsonl").is_file()
+    assert (tmp_path / "ste" / "tables.md").is_file() and (tmp_path / "ste" / "exploration.csv").is_file()
     again = main(steps, cfg)  # every step's outputs are reused
     assert again.exploration == result.exploration
     alone = main(("distill",), cfg)  # a step run alone keeps the other steps' last results in the report
@@ -194,17 +242,18 @@ def test_report_copies_are_named_after_the_run_folder(tmp_path):
     from studies.ste.pipeline import SteResult
     from studies.ste.report import write_report
 
-    exploration = {"episodes": 1, "with_a_query": 1, "distinct_queries": 1, "duplicates_of_memory": 0,
-                   "judged_satisfied": 0, "kept": 0, "kept_per_tool": {}, "explore_seconds": 1.0}  # fmt: skip
-    result = SteResult(exploration=exploration, correctness=[{"setting": "base", "t": 0.5, "mean": 0.5}],
-                       continual=[], wall_seconds=1.0)  # fmt: skip
+    exploration = [{"explorer": "base", "tool": "t", "episodes": 1, "kept": 0}]
+    result = SteResult(exploration=exploration, dropped={"base": {"no tool call": 1}}, samples={"base": []},
+                       correctness=[{"setting": "base", "t": 0.5, "mean": 0.5}], continual=[],
+                       wall_seconds=1.0)  # fmt: skip
     for run in ("cpu", "cpu-tool-explorer"):
-        (tmp_path / run).mkdir()
-        write_report(tmp_path / run, result, str(tmp_path / "results"))
+        (tmp_path / run / "explorers" / "base").mkdir(parents=True)
+        (tmp_path / run / "explorers" / "base" / "distill.json").write_text("{}", encoding="utf-8")
+        write_report(tmp_path / run, result, str(tmp_path / "results"), ["base"])
     copies = sorted(p.name for p in (tmp_path / "results").iterdir())
-    assert copies == [
-        f"ste-{run}-{name}" for run in ("cpu", "cpu-tool-explorer") for name in ("correctness.csv", "tables.md")
-    ]
+    names = ("correctness.csv", "distill-base.json", "exploration.csv", "tables.md")
+    assert copies == [f"ste-{run}-{name}" for run in ("cpu", "cpu-tool-explorer") for name in names]
+    assert "no tool call: 1" in (tmp_path / "cpu" / "tables.md").read_text(encoding="utf-8")
 
 
 def test_the_trial_protocol_forces_a_call_and_shows_another_tools_exchange(people, tmp_path):
@@ -225,7 +274,7 @@ def test_the_trial_protocol_forces_a_call_and_shows_another_tools_exchange(peopl
 
     def explored(first_turn, out):
         return explore(world, tools, ["count_people"], imagine=Proposer(world), out=out, episodes=2, trials=1,
-                       trial_policy=lambda schemas: Seeing(model, tokenizer, schemas, max_new_tokens=24),
+                       trial_policy=lambda tool, schemas: Seeing(model, tokenizer, schemas, max_new_tokens=24),
                        batch=2, progress=False, first_turn=first_turn)  # fmt: skip
 
     forced = explored("required", tmp_path / "forced")

@@ -2,15 +2,16 @@
 
     python -m studies.ste all --preset cpu            # every step (SmolLM2-135M explorer and learner, offline)
     python -m studies.ste explore --preset cpu        # only explore (episodes are appended to explore.jsonl)
-    python -m studies.ste distill --preset cpu        # distilled/ (--dataset for trainers/sft.py) + distilled.jsonl
+    python -m studies.ste distill --preset cpu        # explorers/<explorer>/distilled/ (--dataset for trainers/sft.py)
     python -m studies.ste evaluate --preset cpu       # base, in-context, STE fine-tuned, oracle fine-tuned
     python -m studies.ste continual --preset cpu      # tools in rounds, with and without replay
     python -m studies.ste all --preset tiny --out runs/ste/tiny    # the plumbing on the embedded model
-    torchrun --nproc-per-node 2 trainers/sft.py --dataset runs/ste/cpu/distilled ...   # STE's fine-tune on 2 ranks
+    torchrun --nproc-per-node 2 trainers/sft.py --dataset runs/ste/cpu/explorers/leave_one_out/distilled ...
     itl-ste all --preset cpu                           # the same, installed command
 
-Outputs in ``runs/ste/<preset>/`` (or ``--out``): explore.jsonl, memory.jsonl, distilled/,
-distill.json, models/, ste.json, tables.md (``--results results`` copies the tables there). The
+Outputs in ``runs/ste/<preset>/`` (or ``--out``): per explorer ``explorers/<explorer>/`` (explore.jsonl,
+memory.jsonl, distilled/, distill.json), models/ (explorers, STE, oracle, rounds), ste.json, tables.md and CSVs
+(``--results results`` copies the tables there). The
 method: ``studies.ste.explore``, ``distill`` and ``pipeline``.
 """
 
@@ -59,7 +60,7 @@ def cli(argv: list[str] | None = None) -> None:
             raise ValueError(
                 "runs in one process (launch it with python, not torchrun/accelerate); to fine-tune on N processes, "
                 f"run its distill step, then: torchrun --nproc-per-node N trainers/sft.py --dataset "
-                f"{cfg.out_dir() / 'distilled'} --model {cfg.learner} --tools {cfg.tools_factory}"
+                f"{cfg.out_dir() / 'explorers' / cfg.explorers[0] / 'distilled'} --model {cfg.learner} --tools {cfg.tools_factory}"
             )
         return cfg, main(steps, cfg)
 

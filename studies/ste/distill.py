@@ -141,6 +141,49 @@ def distill(
     }
 
 
+def exploration_yield(episodes: list[Episode], rows: list[dict[str, Any]], tools: list[str]) -> list[dict[str, Any]]:
+    """Per tool: episodes, distinct questions, trials, trials whose calls all ran (a valid call), trials whose
+    answer is grounded in their results, episodes the explorer judged satisfied, dialogs kept, exploration seconds.
+    """
+    out = []
+    for tool in tools:
+        mine = [e for e in episodes if e.tool == tool]
+        trials = [t for e in mine for t in e.trials]
+        valid = [t for t in trials if t.calls and all(r["ok"] for r in t.results)]
+        out.append({
+            "tool": tool,
+            "episodes": len(mine),
+            "distinct_questions": len({normalise(e.query) for e in mine if e.query}),
+            "trials": len(trials),
+            "valid_call": len(valid),
+            "grounded_answer": sum(t.answer is not None and is_grounded(t.answer, t.results) for t in valid),
+            "judged_satisfied": sum(e.satisfied for e in mine),
+            "kept": sum(r["tools"][0]["function"]["name"] == tool for r in rows),
+            "seconds": round(sum(e.seconds for e in mine), 1),
+        })  # fmt: skip
+    return out
+
+
+def kept_samples(rows: list[dict[str, Any]], per_tool: int) -> list[dict[str, Any]]:
+    """The first ``per_tool`` kept dialogs of each tool as question, calls, results and answer (for a reader)."""
+    shown: Counter[str] = Counter()
+    samples = []
+    for row in rows:
+        tool = row["tools"][0]["function"]["name"]
+        if shown[tool] >= per_tool:
+            continue
+        shown[tool] += 1
+        messages = row["messages"]
+        samples.append({
+            "tool": tool,
+            "question": messages[0]["content"],
+            "calls": [c["function"] for m in messages if m.get("tool_calls") for c in m["tool_calls"]],
+            "results": [m["content"] for m in messages if m["role"] == "tool"],
+            "answer": messages[-1]["content"],
+        })  # fmt: skip
+    return samples
+
+
 def _judge_prompt(episode: Episode) -> str:
     trial = episode.trials[-1]
     results = "\n".join(

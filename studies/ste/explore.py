@@ -3,8 +3,9 @@
 *Imagination*: the explorer model reads the tool's JSON schema, a few entities of the database (it
 cannot know any names otherwise) and the long-term memory of queries explored before, and proposes a
 new user query. *Trial and error*: it plays the query in ``ToolUseEnv`` (the tool executed for real,
-up to ``max_turns`` messages), for up to ``trials`` trials; before each trial after the first, the
-short-term memory of the episode's earlier trials is written above the query. *Reflection*: after a
+up to ``max_turns`` messages; a reply that is neither a call nor an answer is told so and asked again), for up to
+``trials`` trials; before each trial after the first, the short-term memory of the episode's earlier trials is
+written above the query. *Reflection*: after a
 trial it judges whether its answer satisfied the query; a satisfied trial ends the episode. Episodes
 of a tool are explored in batches (one ``generate`` call per step for the whole batch); each ends up
 as one JSONL row, so an interrupted exploration resumes where it stopped.
@@ -16,6 +17,8 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +149,7 @@ def explore(
     tools: list[str],
     *,
     imagine: Policy,
-    trial_policy: Any,
+    trial_policy: Callable[[str, list[dict[str, Any]]], Policy],
     judge: Policy | None = None,
     out: Path,
     episodes: int,
@@ -158,20 +161,22 @@ def explore(
     progress: bool = True,
     first_turn: str = "required",
     example: bool = True,
+    reprompt: bool = True,
 ) -> list[Episode]:
     """Explore each tool for ``episodes`` episodes (resuming from ``out/explore.jsonl``); returns every episode.
 
-    ``trial_policy(schemas)`` makes the policy that plays the trials with those tools offered; ``judge`` (default:
-    ``imagine``) reflects on each trial. STE's trial protocol: the first turn of a trial is ``first_turn``
-    (``required``: a call of the tool, constrained to its schema; ``auto``: the model's choice, the zero-shot
-    ablation), later turns are free; ``example`` writes a worked exchange with another tool above each question.
+    ``trial_policy(tool, schemas)`` makes the policy that plays the trials of ``tool`` with those tools offered (the
+    explorer may differ per tool); ``judge`` (default: ``imagine``) reflects on each trial. STE's trial protocol:
+    the first turn of a trial is ``first_turn`` (``required``: a call of the tool, constrained to its schema;
+    ``auto``: the model's choice, the zero-shot ablation), later turns are free; ``example`` writes a worked
+    exchange with another tool above each question; ``reprompt`` answers a reply that is neither a call nor an
+    answer with an error observation and another turn (``ToolUseEnv(reprompt=True)``).
     """
     from tqdm import tqdm
 
     path = out / "explore.jsonl"
     done = read_episodes(path)
     memory = LongTermMemory(out / "memory.jsonl")
-    rng = np.random.default_rng([seed, len(done)])
     total = episodes * len(tools)
     with tqdm(
         total=total, initial=min(len(done), total), desc="STE explore", unit="episode", disable=not progress
@@ -180,11 +185,15 @@ def explore(
             single = ToolRegistry(
                 [registry[tool]], timeout_s=registry.timeout_s, max_result_chars=registry.max_result_chars
             )
-            player = trial_policy(single.schemas())
+            player = trial_policy(tool, single.schemas())
             schema = registry[tool].json_schema
             while (start := sum(e.tool == tool for e in done)) < episodes:
                 size = min(batch, episodes - start)
                 batch_started = time.perf_counter()
+                # seeded per (seed, tool, batch): every explorer, and a resumed exploration, imagines the same questions
+                key = [seed, tools.index(tool), start]
+                rng = np.random.default_rng(key)
+                _seed_sampling(key)
                 prompts = [
                     [
                         {
@@ -197,7 +206,8 @@ def explore(
                 proposals = imagine.generate(prompts)
                 fresh = [proposed(tool, start + i, proposal, memory) for i, proposal in enumerate(proposals)]
                 shown = worked_example(world, registry, tool) if example else ""
-                _trials(fresh, world, single, player, judge or imagine, trials, max_turns, (first_turn, "auto"), shown)
+                env = partial(ToolUseEnv, world, registry=single, max_turns=max_turns, reprompt=reprompt)
+                _trials(fresh, player, judge or imagine, trials, (first_turn, "auto"), shown, env)
                 for episode in fresh:
                     episode.seconds = round((time.perf_counter() - batch_started) / len(fresh), 3)
                 for episode in fresh:
@@ -210,6 +220,12 @@ def explore(
     return done
 
 
+def _seed_sampling(key: list[int]) -> None:
+    import torch
+
+    torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+
+
 def proposed(tool: str, index: int, proposal: str, memory: LongTermMemory) -> Episode:
     """A new episode from the explorer's proposal (no query when the proposal is unusable)."""
     query = parse_query(proposal)
@@ -220,14 +236,12 @@ def proposed(tool: str, index: int, proposal: str, memory: LongTermMemory) -> Ep
 
 def _trials(
     batch: list[Episode],
-    world: World,
-    single: ToolRegistry,
     player: Policy,
     judge: Policy,
     trials: int,
-    max_turns: int,
-    tool_choice: tuple[str, ...] = ("auto",),
-    example: str = "",
+    tool_choice: tuple[str, ...],
+    example: str,
+    env_factory: Callable[[], ToolUseEnv],
 ) -> None:
     """Up to ``trials`` trials of every episode that has a query, in lockstep; short-term memory between trials."""
     memories = {e.index: ShortTermMemory() for e in batch}
@@ -240,7 +254,7 @@ def _trials(
         started = time.perf_counter()
         played = rollout(
             player,
-            lambda: ToolUseEnv(world, registry=single, max_turns=max_turns),
+            env_factory,
             tasks,
             mode="in_tool",
             batch_size=len(tasks),

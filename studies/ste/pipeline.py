@@ -2,8 +2,13 @@
 
 Each tool is learnt and tested on its own: its dialogs show only its schema, its held-out test
 queries are the test phrasings of its ``TaskKind`` (phrased unlike any training query), scored
-exactly through ``ToolUseEnv`` with the tool executed for real. Every step writes its outputs
-under ``out`` and is skipped when they are there (delete them to redo a step).
+exactly through ``ToolUseEnv`` with the tool executed for real. Exploration runs once per explorer
+(``explorers``): ``leave_one_out``, the explorer fine-tuned on the oracle's dialogs of every tool but
+the one it explores (it can call tools, and meets this one for the first time: the explorer STE
+presumes), and ``base``, the explorer as given. Both explore the same imagined questions (imagination
+and reflection are the given explorer's, seeded per batch); only who plays the trials differs. The
+first explorer's data is the one STE fine-tunes on and continual learning trains on. Every step
+writes its outputs under ``out`` and is skipped when they are there (delete them to redo a step).
 """
 
 from __future__ import annotations
@@ -64,6 +69,17 @@ class SteConfig(BaseModel):
     example: bool = Field(True, description="show a worked exchange with another tool (lookup) above each question")
     judge: bool = Field(False, description="also ask the explorer STE's three judging criteria")
     paraphrase: bool = Field(False, description="add one paraphrased query per kept dialog")
+    reprompt: bool = Field(
+        True, description="a trial's reply that is neither a call nor an answer gets an error observation and a turn"
+    )
+    explorers: list[Literal["leave_one_out", "base"]] = Field(
+        default_factory=lambda: ["leave_one_out", "base"],
+        min_length=1,
+        description="who plays the trials: leave_one_out (the explorer fine-tuned on the oracle's dialogs of lookup "
+        "and the other tools, never the one explored) and/or base (the explorer as given); the first one's data is "
+        "what STE fine-tunes on and continual learning trains on",
+    )
+    explorer_dialogs: int = Field(16, ge=1, description="leave_one_out: the oracle's dialogs per other tool")
     test_queries: int = Field(20, ge=1, description="held-out test queries per tool")
     demos: int = Field(3, ge=1, description="in-context: retrieved demonstrations per test query")
     learning_rate: float = Field(1e-4, gt=0)
@@ -102,6 +118,8 @@ class SteConfig(BaseModel):
         untested = [t for t in self.tools if t not in self.test_tasks]
         if untested:
             raise ValueError(f"tools {untested} have no test_tasks entry (tool -> TaskKind); known: {self.test_tasks}")
+        if len(set(self.explorers)) < len(self.explorers):
+            raise ValueError(f"explorers names an explorer twice: {self.explorers}")
         strays = sorted({t for round_ in self.rounds for t in round_} - set(self.tools))
         if strays:
             raise ValueError(f"rounds name {strays}, which are not among the tools learned ({self.tools})")
@@ -142,6 +160,10 @@ class Context:
         }
         self._models: dict[str, tuple[Any, Any]] = {}
 
+    def explored(self, explorer: str) -> Path:
+        """Where ``explorer``'s exploration and distillation are written."""
+        return self.out / "explorers" / explorer
+
     def single(self, tool: str) -> Any:
         from tools.registry import ToolRegistry
 
@@ -169,21 +191,22 @@ class Context:
 # -------------------------------------------------------------------------------------------- steps
 
 
-def explore_step(ctx: Context) -> list[Any]:
-    import torch
-
+def explore_step(ctx: Context, explorer: str) -> list[Any]:
     from studies.ste.explore import explore
 
     cfg = ctx.cfg
-    torch.manual_seed(cfg.world_seed)  # the imagination step samples
+    if explorer == "leave_one_out":  # each model trained before exploring: a fine-tune reseeds torch
+        players = {tool: leave_one_out_explorer(ctx, tool) for tool in cfg.tools}
+    else:
+        players = dict.fromkeys(cfg.tools, cfg.explorer)
     return explore(
         ctx.world,
         ctx.registry,
         cfg.tools,
         imagine=ctx.policy(cfg.explorer, None, cfg.temperature),
         judge=ctx.policy(cfg.explorer, None),
-        trial_policy=lambda schemas: ctx.policy(cfg.explorer, schemas),
-        out=ctx.out,
+        trial_policy=lambda tool, schemas: ctx.policy(players[tool], schemas),
+        out=ctx.explored(explorer),
         episodes=cfg.episodes,
         trials=cfg.trials,
         batch=cfg.batch,
@@ -192,23 +215,54 @@ def explore_step(ctx: Context) -> list[Any]:
         seed=cfg.world_seed,
         first_turn=cfg.first_turn,
         example=cfg.example,
+        reprompt=cfg.reprompt,
     )
 
 
-def distill_step(ctx: Context, episodes: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def leave_one_out_explorer(ctx: Context, tool: str) -> str:
+    """The explorer that calls tools but never saw ``tool``: ``explorer`` fine-tuned on the oracle's dialogs of
+    lookup and every other tool with test tasks (``explorer_dialogs`` each, each dialog offering its own tool).
+    """
+    return fine_tune_on(ctx, f"explorer-without-{tool}", explorer_rows(ctx, tool), ctx.cfg.explorer)
+
+
+def explorer_rows(ctx: Context, tool: str) -> list[dict[str, Any]]:
+    """What the leave-one-out explorer of ``tool`` is trained on: every tool's oracle dialogs but ``tool``'s."""
+    n = ctx.cfg.explorer_dialogs
+    rows = [
+        r for other in ctx.cfg.test_tasks if other != tool and other in ctx.registry for r in oracle_rows(ctx, other, n)
+    ]
+    if tool != "lookup" and "lookup" in ctx.registry:
+        rows += lookup_rows(ctx, n)
+    return rows
+
+
+def distill_step(ctx: Context, explorer: str, episodes: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from studies.ste.distill import distill, write_dataset
 
-    cfg = ctx.cfg
-    done = ctx.out / "distilled.jsonl"
+    cfg, folder = ctx.cfg, ctx.explored(explorer)
+    done = folder / "distilled.jsonl"
     if done.exists():
         rows = jsonl.read(done)
-        return rows, json.loads((ctx.out / "distill.json").read_text(encoding="utf-8"))
+        return rows, json.loads((folder / "distill.json").read_text(encoding="utf-8"))
     judge = ctx.policy(cfg.explorer, None) if cfg.judge else None
     paraphrase = ctx.policy(cfg.explorer, None) if cfg.paraphrase else None
     rows, stats = distill(episodes, ctx.registry, cap=cfg.cap, judge=judge, paraphrase=paraphrase)
-    write_dataset(rows, ctx.out / "distilled")
-    (ctx.out / "distill.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    write_dataset(rows, folder / "distilled")
+    (folder / "distill.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return rows, stats
+
+
+def lookup_rows(ctx: Context, n: int) -> list[dict[str, Any]]:
+    """``n`` of the oracle's fact-recall dialogs (train people, drawn with a fixed seed), lookup alone offered."""
+    import random
+
+    from itl_env.trajectories import oracle_conversations
+
+    facts = ctx.world.facts("train")
+    picked = random.Random(10).sample(facts, min(n, len(facts)))
+    conversations, tools = oracle_conversations(ctx.world, picked, "in_tool", registry=ctx.single("lookup"))
+    return [{"messages": c, "tools": tools} for c in conversations]
 
 
 def oracle_rows(ctx: Context, tool: str, n: int) -> list[dict[str, Any]]:
@@ -299,11 +353,13 @@ def accuracy(ctx: Context, model: str, tools: list[str], demos: dict[str, list] 
 
 
 class SteResult(BaseModel):
-    """What the STE pipeline measured: exploration statistics, test correctness per model, and continual rounds."""
+    """What the STE pipeline measured: exploration per explorer and tool, test correctness per model, continual rounds."""
 
     model_config = ConfigDict(extra="forbid")
 
-    exploration: dict[str, Any]
+    exploration: list[dict[str, Any]]  # one row per (explorer, tool): episodes, trials, valid calls, kept ...
+    dropped: dict[str, dict[str, int]]  # explorer -> why episodes were dropped -> how many
+    samples: dict[str, list[dict[str, Any]]]  # explorer -> a few kept dialogs (question, calls, results, answer)
     correctness: list[dict[str, Any]]
     continual: list[dict[str, Any]]
     wall_seconds: float
@@ -312,11 +368,12 @@ class SteResult(BaseModel):
 def run_pipeline(cfg: SteConfig, steps: tuple[str, ...] = ("explore", "distill", "evaluate", "continual")) -> SteResult:
     """The steps asked for, in order; each one's outputs are reused when they exist (see the module docstring)."""
     logger.info(
-        "STE %s: %s of tools %s, explorer %s, learner %s, writing to %s", cfg.preset, " -> ".join(steps),
-        ", ".join(cfg.tools), cfg.explorer, cfg.learner, cfg.out_dir(),
+        "STE %s: %s of tools %s, explorers %s (from %s), learner %s, writing to %s", cfg.preset, " -> ".join(steps),
+        ", ".join(cfg.tools), ", ".join(cfg.explorers), cfg.explorer, cfg.learner, cfg.out_dir(),
     )  # fmt: skip
     import torch
 
+    from studies.ste.distill import exploration_yield, kept_samples
     from studies.ste.explore import read_episodes
     from studies.ste.report import write_report
 
@@ -326,30 +383,35 @@ def run_pipeline(cfg: SteConfig, steps: tuple[str, ...] = ("explore", "distill",
     configs.claim_output(cfg.out_dir(), cfg, "STE")  # before the world is built into it
     ctx = Context(cfg)
     try:
-        episodes = explore_step(ctx) if "explore" in steps else read_episodes(ctx.out / "explore.jsonl")
-        rows, stats = distill_step(ctx, episodes) if {"distill", "evaluate", "continual"} & set(steps) else ([], {})
-        by_tool = {tool: [r for r in rows if r["tools"][0]["function"]["name"] == tool] for tool in cfg.tools}
-        exploration = {
-            "episodes": len(episodes),
-            "with_a_query": sum(e.query is not None for e in episodes),
-            "distinct_queries": len({(e.tool, (e.query or "").lower()) for e in episodes if e.query}),
-            "duplicates_of_memory": sum(e.duplicate for e in episodes),
-            "judged_satisfied": sum(e.satisfied for e in episodes),
-            "kept": stats.get("rows", 0),
-            "dropped": {k: v for k, v in stats.get("reasons", {}).items() if k != "kept"},
-            "kept_per_tool": {tool: len(v) for tool, v in by_tool.items()},
-            "explore_seconds": round(sum(e.seconds for e in episodes), 1),
-        }
+        distilled, exploration, dropped, samples = {}, [], {}, {}
+        for explorer in cfg.explorers:
+            if "explore" in steps:
+                episodes = explore_step(ctx, explorer)
+            else:
+                episodes = read_episodes(ctx.explored(explorer) / "explore.jsonl")
+            if {"distill", "evaluate", "continual"} & set(steps):
+                rows, stats = distill_step(ctx, explorer, episodes)
+            else:
+                rows, stats = [], {}
+            distilled[explorer] = rows
+            exploration += [{"explorer": explorer, **row} for row in exploration_yield(episodes, rows, cfg.tools)]
+            dropped[explorer] = {k: v for k, v in stats.get("reasons", {}).items() if k != "kept"}
+            samples[explorer] = kept_samples(rows, per_tool=2)
         previous = _previous(ctx.out)  # a step not run this time keeps its last results in the report
-        correctness = _correctness(ctx, rows, by_tool) if "evaluate" in steps else previous.get("correctness", [])
-        continual = _continual(ctx, by_tool) if "continual" in steps else previous.get("continual", [])
+        correctness = _correctness(ctx, distilled) if "evaluate" in steps else previous.get("correctness", [])
+        main = _by_tool(distilled[cfg.explorers[0]], cfg.tools)
+        continual = _continual(ctx, main) if "continual" in steps else previous.get("continual", [])
     finally:
         ctx.close()
-    result = SteResult(exploration=exploration, correctness=correctness, continual=continual,
-                       wall_seconds=round(time.perf_counter() - started, 1))  # fmt: skip
+    result = SteResult(exploration=exploration, dropped=dropped, samples=samples, correctness=correctness,
+                       continual=continual, wall_seconds=round(time.perf_counter() - started, 1))  # fmt: skip
     (ctx.out / "ste.json").write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    write_report(ctx.out, result, cfg.results)
+    write_report(ctx.out, result, cfg.results, cfg.explorers)
     return result
+
+
+def _by_tool(rows: list[dict[str, Any]], tools: list[str]) -> dict[str, list[dict[str, Any]]]:
+    return {tool: [r for r in rows if r["tools"][0]["function"]["name"] == tool] for tool in tools}
 
 
 def _previous(out: Path) -> dict[str, Any]:
@@ -360,15 +422,21 @@ def _previous(out: Path) -> dict[str, Any]:
         return {}
 
 
-def _correctness(ctx: Context, rows: list[dict[str, Any]], by_tool: dict[str, list]) -> list[dict[str, Any]]:
+def _correctness(ctx: Context, distilled: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Held-out correctness of the base, and per explorer of the base with its dialogs in context and fine-tuned on
+    them; then of the base fine-tuned on as many oracle dialogs per tool as the first explorer kept.
+    """
     cfg = ctx.cfg
     settings: dict[str, dict[str, float]] = {"base": accuracy(ctx, cfg.learner, cfg.tools)}
-    demos = {tool: [r["messages"] for r in found] for tool, found in by_tool.items()}
-    if any(demos.values()):  # with nothing explored it would be the base model again
-        settings["STE in-context"] = accuracy(ctx, cfg.learner, cfg.tools, demos)
-    if rows:
-        settings["STE fine-tuned"] = accuracy(ctx, fine_tune_on(ctx, "ste", rows, cfg.learner), cfg.tools)
-    oracle = [r for tool in cfg.tools for r in oracle_rows(ctx, tool, max(1, len(by_tool[tool]) or cfg.cap))]
+    for explorer, rows in distilled.items():
+        by_tool = _by_tool(rows, cfg.tools)
+        if rows:  # with nothing explored either would be the base model again
+            demos = {tool: [r["messages"] for r in found] for tool, found in by_tool.items()}
+            settings[f"STE in-context ({explorer})"] = accuracy(ctx, cfg.learner, cfg.tools, demos)
+            model = fine_tune_on(ctx, f"ste-{explorer}", rows, cfg.learner)
+            settings[f"STE fine-tuned ({explorer})"] = accuracy(ctx, model, cfg.tools)
+    sizes = {tool: len(found) for tool, found in _by_tool(distilled[cfg.explorers[0]], cfg.tools).items()}
+    oracle = [r for tool in cfg.tools for r in oracle_rows(ctx, tool, sizes[tool] or cfg.cap)]
     settings["oracle fine-tuned"] = accuracy(ctx, fine_tune_on(ctx, "oracle", oracle, cfg.learner), cfg.tools)
     return [
         {"setting": name, **scores, "mean": sum(scores.values()) / len(scores)} for name, scores in settings.items()
@@ -402,6 +470,9 @@ def _continual(ctx: Context, by_tool: dict[str, list]) -> list[dict[str, Any]]:
     rows_out = []
     if cfg.continual_data == "oracle":
         by_tool = {tool: oracle_rows(ctx, tool, cfg.cap) for tool in cfg.tools}
+    rows_per_tool = {tool: len(found) for tool, found in by_tool.items()}
+    logger.info("continual rounds on %s dialogs per tool: %s", cfg.continual_data, rows_per_tool)
+    measured: dict[tuple[str, tuple[str, ...]], dict[str, float]] = {}  # round 1 is one model for both passes
     for replay in (True, False):
         model, seen, earlier = cfg.learner, [], []
         for number, tools in enumerate(cfg.rounds, 1):
@@ -411,6 +482,7 @@ def _continual(ctx: Context, by_tool: dict[str, list]) -> list[dict[str, Any]]:
             model = fine_tune_on(ctx, name, mixed, model) if mixed else model
             seen += tools
             earlier += fresh
-            scores = accuracy(ctx, model, seen)
+            key = (model, tuple(seen))
+            scores = measured[key] = measured.get(key) or accuracy(ctx, model, seen)
             rows_out.append({"replay": replay, "round": number, "trained_on": len(mixed), **scores})
     return rows_out

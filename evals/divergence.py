@@ -1,17 +1,26 @@
 """Divergence of a fine-tuned model from its base, on the base's own continuations of a fixed prompt set.
 
 The base continues each prompt (``evals/data/retention_prompts.jsonl``: factual, creative, math and
-language prompts written for this project, in the chat template when the tokenizer has one)
-greedily; on those continuations both models' next-token distributions are compared token by
-token: KL(base || model), total variation, the negative log-likelihood each gives the base's
-tokens and its base-relative change ``(nll_model - nll_base) / nll_base``, and how often their
-top tokens agree.
+language prompts written for this project, one user turn in the chat template when the tokenizer has
+one) greedily, up to ``max_new_tokens`` (the paper: 400); on those continuations both models'
+next-token distributions are compared token by token: KL(base || model), total variation, the
+negative log-likelihood each gives the base's tokens and its base-relative change
+``(nll_model - nll_base) / nll_base``, and how often their top tokens agree; and the KL over each
+continuation's first ``first_tokens`` tokens beside it (one forward pass gives both).
+
+A chat template that writes a default system turn when none is given (SmolLM2's: "You are a helpful
+AI assistant named SmolLM ...") gets the prompt without it (``default_system=False``): one user turn,
+as the paper's prompts were. ``rendering`` says what was rendered. The base's continuations are cached
+(``cache``): a study makes them once, and each checkpoint is then a forward pass of base and model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +45,8 @@ class Divergence(BaseModel):
 
     tokens: int
     kl: float = Field(description="mean per token of KL(base || model), nats")
+    first_tokens: int = Field(0, description="the continuation tokens kl_first is over (each continuation's first)")
+    kl_first: float = Field(0.0, description="mean KL over each continuation's first first_tokens tokens")
     tv: float = Field(description="mean per token of the total-variation distance")
     base_nll: float = Field(description="mean NLL of the base's continuation tokens under the base")
     model_nll: float = Field(description="the same under the fine-tuned model")
@@ -54,16 +65,58 @@ def load_prompts(path: str | os.PathLike[str] | None = None) -> list[Prompt]:
     return prompts
 
 
-def prompt_ids(tokenizer: Any, prompt: str, chat: bool = True) -> list[int]:
-    """A prompt as the model is asked it: a user turn in the chat template when there is one (and ``chat``),
-    else raw text.
+def prompt_ids(tokenizer: Any, prompt: str, chat: bool = True, default_system: bool = True) -> list[int]:
+    """A prompt as the model is asked it: a user turn in the chat template when there is one (and ``chat``; without
+    the template's default system turn unless ``default_system``), else raw text.
     """
     if chat and tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
+        text = chat_text(tokenizer, prompt)
+        if not default_system:
+            text = without_default_system(tokenizer, prompt, text)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(prompt)["input_ids"]
+
+
+def chat_text(tokenizer: Any, prompt: str, system: str | None = None) -> str:
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    return tokenizer.apply_chat_template(
+        [*messages, {"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+
+
+def without_default_system(tokenizer: Any, prompt: str, text: str) -> str:
+    """``text`` (the template's render of one user turn) without the system turn the template wrote on its own.
+
+    Found by rendering the same turn under a system message of our own: where the two renders part is the system
+    turn's content; the turn marker before its role word (``<|im_start|>``, ``<|start_header_id|>``), found
+    again before the user turn, is where the user turn starts. A template that writes no system turn, or one whose
+    turns cannot be told apart this way, is left as it renders.
+    """
+    given = chat_text(tokenizer, prompt, system="\x00")
+    head = os.path.commonprefix([text, given])
+    if "system" not in head or prompt not in text:
+        return text
+    opening = head[: head.rindex("system")]  # e.g. "<|im_start|>" or "<|begin_of_text|><|start_header_id|>"
+    user_at = text.index(prompt)
+    for cut in range(len(opening)):
+        marker = opening[cut:]
+        start = text.rfind(marker, len(head), user_at)  # the same marker opening a later turn: the user's
+        if marker.strip() and start > 0:
+            return opening[:cut] + text[start:]  # what came before the marker (a BOS) stays
+    return text
+
+
+def rendering(tokenizer: Any, chat: bool = True, default_system: bool = True) -> str:
+    """How the prompts are rendered, in words (recorded beside the divergence)."""
+    if not (chat and tokenizer.chat_template):
+        return "raw text (no chat template)"
+    probe = "Say hello."
+    text = chat_text(tokenizer, probe)
+    if default_system or without_default_system(tokenizer, probe, text) == text:
+        return "one user turn in the chat template, as it renders it" + (
+            " (it writes its default system turn)" if "system" in text else ""
+        )
+    return "one user turn in the chat template, without the default system turn it would write"
 
 
 def greedy_continuations(
@@ -162,9 +215,9 @@ def divergence_terms(
     return rows
 
 
-def summarise(rows: list[dict[str, list[float]]]) -> Divergence:
-    def mean(key: str) -> float:
-        values = [v for row in rows for v in row[key]]
+def summarise(rows: list[dict[str, list[float]]], first_tokens: int = 32) -> Divergence:
+    def mean(key: str, first: int | None = None) -> float:
+        values = [v for row in rows for v in row[key][:first]]
         return sum(values) / len(values) if values else 0.0
 
     tokens = sum(len(row["kl"]) for row in rows)
@@ -172,6 +225,8 @@ def summarise(rows: list[dict[str, list[float]]]) -> Divergence:
     return Divergence(
         tokens=tokens,
         kl=mean("kl"),
+        first_tokens=first_tokens,
+        kl_first=mean("kl", first_tokens),
         tv=mean("tv"),
         base_nll=base_nll,
         model_nll=model_nll,
@@ -196,12 +251,19 @@ class DivergenceProbe:
         max_new_tokens: int = 32,
         batch_size: int = 16,
         chat: bool = True,
+        default_system: bool = True,
+        first_tokens: int = 32,
+        cache: str | os.PathLike[str] | None = None,
     ):
-        self.base, self.tokenizer, self.batch_size = base, tokenizer, batch_size
+        self.base, self.tokenizer, self.batch_size, self.first_tokens = base, tokenizer, batch_size, first_tokens
         self.prompts = prompts if prompts is not None else load_prompts()
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.ids = [prompt_ids(tokenizer, p.prompt, chat) for p in self.prompts]
-        self.continuations = greedy_continuations(base, tokenizer, self.ids, max_new_tokens, batch_size)
+        self.ids = [prompt_ids(tokenizer, p.prompt, chat, default_system) for p in self.prompts]
+        self.rendering = rendering(tokenizer, chat, default_system)
+        self.continuations = cached_continuations(
+            cache, lambda: greedy_continuations(base, tokenizer, self.ids, max_new_tokens, batch_size),
+            key={"base": getattr(base.config, "_name_or_path", ""), "prompts": self.ids, "tokens": max_new_tokens},
+        )  # fmt: skip
 
     def measure(self, model: Any, model_tokenizer: Any) -> tuple[Divergence, dict[str, Divergence]]:
         """(divergence over all prompts, per prompt category)."""
@@ -210,7 +272,28 @@ class DivergenceProbe:
             self.base, model, self.ids, self.continuations, self.batch_size, self.pad, vocabulary=vocabulary
         )
         categories = sorted({p.category for p in self.prompts})
-        by_category = {
-            c: summarise([r for r, p in zip(rows, self.prompts, strict=True) if p.category == c]) for c in categories
-        }
-        return summarise(rows), by_category
+        mine = {c: [r for r, p in zip(rows, self.prompts, strict=True) if p.category == c] for c in categories}
+        by_category = {c: summarise(found, self.first_tokens) for c, found in mine.items()}
+        return summarise(rows, self.first_tokens), by_category
+
+
+def cached_continuations(cache: str | os.PathLike[str] | None, make: Any, key: dict[str, Any]) -> list[list[int]]:
+    """The base's continuations from ``cache`` (a JSON file) when it holds them for ``key`` (the base, the prompt
+    ids, the length), else made and written there (a cache for other prompts or lengths is replaced).
+    """
+    if cache is None:
+        return make()
+    path = Path(cache)
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("key") == fingerprint:
+            return stored["continuations"]
+    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: made again
+        pass
+    continuations = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": fingerprint, "continuations": continuations}), encoding="utf-8")
+    tmp.replace(path)
+    return continuations

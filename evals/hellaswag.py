@@ -59,7 +59,9 @@ class HellaSwagResult(BaseModel):
     model_acc_norm: float
     acc_change: float = Field(description="model_acc - base_acc")
     acc_norm_change: float = Field(description="model_acc_norm - base_acc_norm")
-    relative: float = Field(description="model_acc_norm as a % of base_acc_norm (the paper's 'HellaSwag relative')")
+    relative: float = Field(description="model_acc as a % of base_acc (the paper's 'HellaSwag relative')")
+    relative_norm: float = Field(description="model_acc_norm as a % of base_acc_norm")
+    item_points: float = Field(description="relative points one item is worth: 100 / items the base gets right (acc)")
 
 
 def load_items(source: str, limit: int | None = None) -> list[HellaSwagItem]:
@@ -166,6 +168,11 @@ class HellaSwagProbe:
         return lm_eval_accuracy(base, tokenizer, self.source, limit=self.limit, batch_size=self.batch_size)
 
     @property
+    def item_points(self) -> float:
+        """Relative points (``relative``) one item is worth: 100 / the items the base gets right."""
+        return 100.0 / (self.base_acc * self.items) if self.base_acc and self.items else 0.0
+
+    @property
     def label(self) -> str:
         if self.source == "hub":
             return f"HellaSwag validation ({HUB_DATASET}, lm-eval)"
@@ -182,5 +189,7 @@ class HellaSwagProbe:
             model_acc_norm=norm,
             acc_change=acc - self.base_acc,
             acc_norm_change=norm - self.base_norm,
-            relative=100.0 * norm / self.base_norm if self.base_norm else 0.0,
+            relative=100.0 * acc / self.base_acc if self.base_acc else 0.0,
+            relative_norm=100.0 * norm / self.base_norm if self.base_norm else 0.0,
+            item_points=self.item_points,
         )

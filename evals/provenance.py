@@ -14,7 +14,7 @@ from typing import Any
 from itl_env.store import stored
 
 
-def write_provenance(path: Path, *, kind: str, model: str, world: Any) -> None:
+def write_provenance(path: Path, *, kind: str, model: str, world: Any, precision: str | None = None) -> None:
     """run.json: what the run started from (the model, the world and its hash), kept from the run's first start."""
     target = path / "run.json"
     if target.exists():
@@ -24,6 +24,7 @@ def write_provenance(path: Path, *, kind: str, model: str, world: Any) -> None:
         "model": model,
         "world": {"target": stored(world.target), "spec": world.spec.model_dump(), "content_hash": world.content_hash},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **({"precision": precision} if precision else {}),
     }
     target.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 

@@ -40,6 +40,7 @@ class RetentionReport(BaseModel):
     model: str
     prompts: int
     prompt_format: str
+    rendered: str = Field("", description="how the prompts were rendered (template, system turn)")
     vocabulary: str = Field(description="the token ids compared, and what was left out")
     divergence: Divergence
     by_category: dict[str, Divergence]
@@ -63,7 +64,13 @@ class RetentionConfig(BaseModel):
         description="chat: each prompt as a user turn in the base's chat template; text: the raw prompt, as a "
         "language model continues it (separates chat behaviour from the language model underneath)",
     )
-    max_new_tokens: int = Field(32, ge=1, description="length of the base's greedy continuations")
+    default_system: bool = Field(
+        False,
+        description="chat: keep the system turn a template writes when none is given (SmolLM2's); default: one user "
+        "turn alone, as the paper's prompts",
+    )
+    max_new_tokens: int = Field(400, ge=1, description="length of the base's greedy continuations (the paper: 400)")
+    first_tokens: int = Field(32, ge=1, description="KL also over each continuation's first N tokens")
     batch_size: int = Field(16, ge=1, description="sequences per forward pass")
     hellaswag: str = Field("auto", description="auto, hub, sample, none, or a JSONL file in HellaSwag's schema")
     hellaswag_limit: int | None = Field(200, ge=1, description="HellaSwag items scored (none: all)")
@@ -121,6 +128,8 @@ def main(cfg: RetentionConfig) -> RetentionReport:
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
             chat=cfg.prompt_format == "chat",
+            default_system=cfg.default_system,
+            first_tokens=cfg.first_tokens,
         )
         divergence, by_category = probe.measure(model, model_tokenizer)
         bar.update()
@@ -134,6 +143,7 @@ def main(cfg: RetentionConfig) -> RetentionReport:
         model=cfg.model,
         prompts=len(probe.prompts),
         prompt_format=cfg.prompt_format,
+        rendered=probe.rendering,
         vocabulary=note,
         divergence=divergence,
         by_category=by_category,

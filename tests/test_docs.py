@@ -112,3 +112,20 @@ def test_every_python_snippet_of_a_readme_runs_as_written(readme, tmp_path, monk
         for name in ("env", "world"):
             if hasattr(namespace.get(name), "close"):
                 namespace[name].close()
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_both_studies_in_its_dry_run(tmp_path):
+    """scripts/gpu_studies.sh --dry-run: the GPU machine's one call, on CPU with the tiny presets."""
+    import os
+
+    env = {**os.environ, "ITL_PYTHON": sys.executable}
+    done = subprocess.run(["bash", "scripts/gpu_studies.sh", "--dry-run", str(tmp_path / "gpu")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1200)  # fmt: skip
+    log = (tmp_path / "gpu" / "gpu_studies.log").read_text(encoding="utf-8")
+    assert done.returncode == 0, done.stdout + done.stderr + log[-3000:]
+    assert "finetune: exit 0" in done.stdout and "memory: exit 0" in done.stdout
+    results = {p.name for p in (tmp_path / "gpu" / "results").iterdir()}
+    assert {"finetune-tiny-results.csv", "study-results.csv", "study-thresholds.md", "study-exposures.csv"} <= results
+    bad = subprocess.run(["bash", "scripts/gpu_studies.sh"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr

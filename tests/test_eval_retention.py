@@ -120,7 +120,9 @@ def test_hellaswag_relative_to_base_and_offline_fallback_is_labelled(base_and_pe
     assert same.acc_change == 0.0 and same.relative == pytest.approx(100.0)
     other = run(base, perturbed, hellaswag="sample", hellaswag_limit=8).hellaswag
     assert other.acc_change == pytest.approx(other.model_acc - other.base_acc)
-    assert other.relative == pytest.approx(100 * other.model_acc_norm / other.base_acc_norm)
+    assert other.relative == pytest.approx(100 * other.model_acc / other.base_acc)  # the paper's: acc
+    assert other.relative_norm == pytest.approx(100 * other.model_acc_norm / other.base_acc_norm)
+    assert other.item_points == (pytest.approx(100 / round(other.base_acc * other.items)) if other.base_acc else 0.0)
     assert run(base, perturbed, hellaswag="none").hellaswag is None
 
 
@@ -210,3 +212,74 @@ def test_the_embedded_default_model_is_a_base_by_name(tmp_path):
     saved = save(tmp_path / "default-copy", DefaultModelConfig())
     report = run("default", str(saved), max_new_tokens=2)
     assert report.divergence.tokens > 0 and report.divergence.kl == 0.0
+
+
+CHATML_WITH_DEFAULT = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3_WITH_DEFAULT = (
+    "{{ '<|begin_of_text|>' }}{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: 2023<|eot_id|>' }}{% endif %}"
+    "{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] "
+    "+ '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+NO_DEFAULT = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (CHATML_WITH_DEFAULT, "<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"),
+        (
+            LLAMA3_WITH_DEFAULT,
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhy?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        ),  # fmt: skip
+        (NO_DEFAULT, "<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"),
+    ],
+)
+def test_prompts_leave_out_the_system_turn_a_template_adds_on_its_own(base_and_perturbed, template, expected):
+    """The paper's prompts are one user turn: a default system turn (SmolLM2's, Llama 3's date) is left out,
+    and ``rendering`` says which was done; with default_system=True the template renders as it likes."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_and_perturbed[0])
+    tokenizer.chat_template = template
+    plain = divergence.chat_text(tokenizer, "Why?")
+    assert divergence.without_default_system(tokenizer, "Why?", plain) == expected
+    ids = divergence.prompt_ids(tokenizer, "Why?", chat=True, default_system=False)
+    assert tokenizer.decode(ids) == expected
+    assert tokenizer.decode(divergence.prompt_ids(tokenizer, "Why?", chat=True, default_system=True)) == plain
+    said = divergence.rendering(tokenizer, chat=True, default_system=False)
+    assert ("without the default system turn" in said) is (template != NO_DEFAULT)
+
+
+def test_base_continuations_are_made_once_and_kl_is_also_over_the_first_tokens(
+    base_and_perturbed, tmp_path, monkeypatch
+):
+    from evals.models import load_as_is
+
+    base, tokenizer = load_as_is(base_and_perturbed[0])
+    model, _ = load_as_is(base_and_perturbed[1])
+    prompts = divergence.load_prompts()[:6]
+    cache = tmp_path / "continuations.json"
+    first = divergence.DivergenceProbe(base, tokenizer, prompts, max_new_tokens=12, first_tokens=3, cache=cache)
+    made = []
+    original = divergence.greedy_continuations
+    monkeypatch.setattr(divergence, "greedy_continuations", lambda *a, **k: made.append(1) or original(*a, **k))
+    again = divergence.DivergenceProbe(base, tokenizer, prompts, max_new_tokens=12, first_tokens=3, cache=cache)
+    assert again.continuations == first.continuations and not made  # read back, not generated
+    longer = divergence.DivergenceProbe(base, tokenizer, prompts, max_new_tokens=13, cache=cache)
+    assert made and len(longer.continuations) == len(prompts)  # another length: made again
+    whole, _ = first.measure(model, tokenizer)
+    rows = divergence.divergence_terms(base, model, first.ids, first.continuations, 8, first.pad)
+    early = [v for row in rows for v in row["kl"][:3]]
+    assert whole.first_tokens == 3 and whole.kl_first == pytest.approx(sum(early) / len(early), rel=1e-4)
+    assert whole.tokens == sum(map(len, first.continuations)) > len(early)

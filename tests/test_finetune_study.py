@@ -45,7 +45,7 @@ def test_the_study_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path):
     out = tmp_path / "ft"
     cfg = parse(["--preset", "tiny", "--out", str(out), "--modes", "in_tool", "--results", str(tmp_path / "results")])
     first = main(cfg)
-    run = out / "runs" / "in_tool-f8"
+    run = out / "runs" / "in_tool-f8-bf16"
     rows = read_rows(run / "checkpoints.jsonl")
     assert [r.step for r in rows] == [2, 4, 6, 8] and first.rows[0].steps == 8
     assert first.rows[0].hellaswag_source and "not HellaSwag" in first.rows[0].hellaswag_source
@@ -61,3 +61,26 @@ def test_the_study_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path):
     assert resumed.rows[0].steps == 8 and [r.step for r in read_rows(run / "checkpoints.jsonl")] == [2, 4, 6, 8]
     started = json.loads((run / "run.json").read_text())
     assert started["model"] == "default" and Path(started["world"]["target"]).exists()
+    assert started["precision"] == first.rows[0].regime and first.rows[0].precision == "bf16"
+
+
+@pytest.mark.slow
+def test_precision_regimes_are_a_study_axis_recorded_in_every_row(tmp_path):
+    """Each regime is its own run (same steps), its regime in run.json, the row and every checkpoint; KL is also
+    over the continuations' first tokens, and how the prompts were rendered is said."""
+    from studies.finetune.__main__ import main, parse
+
+    out = tmp_path / "ft"
+    cfg = parse(["--preset", "tiny", "--out", str(out), "--modes", "in_tool", "--precisions", "[fp32, bf16_pure]"])
+    result = main(cfg)
+    assert [(r.precision, r.regime.split(" ")[0]) for r in result.rows] == [
+        ("fp32", "fp32"),
+        ("bf16_pure", "bf16_pure"),
+    ]
+    for row in result.rows:
+        run = out / "runs" / f"in_tool-f8-{row.precision}"
+        assert json.loads((run / "run.json").read_text())["precision"] == row.regime
+        assert {r.precision for r in read_rows(run / "checkpoints.jsonl")} == {row.precision}
+        assert row.kl_first is not None and row.prompts_rendered.startswith("one user turn")
+    table = (out / "table.md").read_text(encoding="utf-8")
+    assert "bf16_pure" in table and "KL, first tokens" in table and "HellaSwag acc %" in table

@@ -141,7 +141,7 @@ def fine_tune(
             train_dataset=dataset,
             processing_class=run.tokenizer,
             peft_config=lora_config(cfg, run.tokenizer),
-            callbacks=[progress, *callbacks],
+            callbacks=[progress, *run.callbacks(), *callbacks],
         )
         progress.attach(trainer, run.metrics)
         trained, trainable, final, interrupted = train_and_finish(trainer, progress, run.tokenizer)

@@ -193,6 +193,16 @@ def progress_callback(
     return Progress()
 
 
+def precision_of(out: Path) -> str:
+    """The regime recorded in the run's run.json (empty for a run started before regimes were recorded)."""
+    import json
+
+    try:
+        return str(json.loads((out / "run.json").read_text(encoding="utf-8")).get("precision", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def run_result(
     result_type: type,
     trainer: Any,
@@ -217,6 +227,7 @@ def run_result(
         steps=trainer.state.global_step,
         wall_seconds=round(time.perf_counter() - started, 1),
         interrupted=interrupted,
+        precision=precision_of(out),
         task_accuracy={k.removeprefix("task/"): v for k, v in final.items() if k.startswith("task/")},
         **{k: final[k] for k in FINAL_KEYS},
         **extra,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +60,12 @@ class RunOptions(BaseModel):
         None,
         description="registry factory 'module:callable' called with the world (none: the fact tools; the people "
         "suite: itl_env.people_tools:registry)",
+    )
+    precision: Literal["fp32", "bf16", "bf16_pure"] | None = Field(
+        None,
+        description="fp32; bf16 (mixed: autocast over fp32 master weights); bf16_pure (weights, gradients and "
+        "optimizer states stored in bf16, no fp32 copy: exact bf16 storage over fp32 arithmetic where the device "
+        "has no native bf16). None: from --bf16",
     )
     lora: bool = Field(False, description="train a LoRA adapter (PEFT) instead of all weights")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
@@ -212,6 +218,7 @@ class RunResult(BaseModel):
     tool_call_rate: float
     parse_error_rate: float
     interrupted: bool = False
+    precision: str = Field("", description="the numerical regime the run trained in (trainers.precision)")
     task_accuracy: dict[str, float] = Field(default_factory=dict, description="tool tasks: accuracy per kind (test)")
 
     def rows(self) -> list[tuple[str, str]]:

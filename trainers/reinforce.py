@@ -140,7 +140,7 @@ def reinforce(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=lora_config(cfg, tokenizer),
-            callbacks=[progress],
+            callbacks=[progress, *run.callbacks()],
             environment_factory=environment_factory(
                 world, registry=registry, offer_tools=cfg.mode == "in_tool", max_turns=cfg.max_turns
             ),

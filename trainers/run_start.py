@@ -21,8 +21,8 @@ from configs.cli import run_cli
 from evals.provenance import write_provenance
 from evals.ranks import Ranks
 from itl_env.world import World
-from trainers import run_dir
-from trainers.options import RunOptions, bf16_on_this_device
+from trainers import precision, run_dir
+from trainers.options import RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ class RunStart:
     ranks: Ranks
     prepared: Any = None
     fresh: bool = True  # this start created the directory (not a resumed run's)
+    regime: precision.Regime | None = None  # the numerical regime it trains in
+
+    def callbacks(self) -> list[Any]:
+        """The trainer callbacks the run's precision regime needs."""
+        return precision.callbacks(self.regime) if self.regime is not None else []
 
     def abandon(self) -> None:
         """After a failure before anything was trained: remove the directory this start created, so that the
@@ -62,10 +67,7 @@ def start_run(cfg: RunOptions, training: Any, *, kind: str, prepare: Callable[[W
 
     if not torch.cuda.is_available():
         training.use_cpu = True
-    if training.bf16 and not bf16_on_this_device(training.bf16, training.use_cpu):
-        training.bf16 = False
-        if getattr(training, "mixed_precision", None) == "bf16":  # derived from bf16 when the config was built
-            training.mixed_precision = "no"
+    regime = precision.choose(cfg.precision, training)
     _ = training.device  # joins the process group of a torchrun / accelerate launch job (TRL's own set-up)
     ranks = Ranks.current()
 
@@ -81,20 +83,24 @@ def start_run(cfg: RunOptions, training: Any, *, kind: str, prepare: Callable[[W
     try:
         prepared = ranks.first(lambda: prepare(world)) if prepare is not None else None
         model, tokenizer = ranks.first(lambda: cfg.load_model(seed=training.seed))
+        model = precision.prepare_model(model, regime)
 
         fresh = not (out.is_dir() and any(out.iterdir()))
 
         def create() -> None:
             run_dir.prepare(out, resume=cfg.resume)
             run_dir.write_config(out, cfg, training)
-            write_provenance(out, kind=kind, model=cfg.model, world=world)
+            write_provenance(out, kind=kind, model=cfg.model, world=world, precision=regime.describe())
 
         ranks.first(create, then=lambda: None)
     except BaseException:
         world.close()
         raise
-    logger.info("world %r (%d training people); model loaded", world, len(world.people("train")))
-    return RunStart(out, world, model, tokenizer, run_dir.MetricsLog(out), ranks, prepared, fresh)
+    logger.info(
+        "world %r (%d training people); model loaded; precision %s", world, len(world.people("train")),
+        regime.describe(),
+    )  # fmt: skip
+    return RunStart(out, world, model, tokenizer, run_dir.MetricsLog(out), ranks, prepared, fresh, regime)
 
 
 def train_cli(

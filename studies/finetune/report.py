@@ -47,16 +47,20 @@ def _facts(size: str) -> int | None:
 
 
 def markdown_table(rows: list[Any], published: list[dict[str, Any]] | None = None) -> str:
-    header = ["mode", "facts", "steps to 0.99", "recall train", "recall unseen", "KL", "TV", "HellaSwag %",
-              "faithful: tool", "faithful: memory"]  # fmt: skip
+    header = ["mode", "facts", "precision", "steps to 0.99", "recall train", "recall unseen", "KL", "KL, first tokens",
+              "TV", "HellaSwag acc %", "acc_norm %", "faithful: tool", "faithful: memory"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         reached = str(r.steps_to_target) if r.steps_to_target is not None else f"not in {r.step_budget}"
-        swag = "-" if r.hellaswag_relative is None else f"{r.hellaswag_relative:.1f}"
-        lines.append(
-            f"| {r.mode} | {r.facts:,} | {reached} | {r.train_recall:.3f} | {r.unseen_recall:.3f} | {r.kl:.4f} | "
-            f"{r.tv:.3f} | {swag} | {r.faithful_tool:.3f} | {r.faithful_memory:.3f} |"
-        )
+        cells = [r.mode, f"{r.facts:,}", r.regime or r.precision, reached, f"{r.train_recall:.3f}",
+                 f"{r.unseen_recall:.3f}", f"{r.kl:.4f}", _number(r.kl_first, "{:.4f}"), f"{r.tv:.3f}",
+                 _number(r.hellaswag_relative, "{:.1f}"), _number(r.hellaswag_relative_norm, "{:.1f}"),
+                 f"{r.faithful_tool:.3f}", f"{r.faithful_memory:.3f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = sorted({f"KL on {r.prompts_rendered}" for r in rows if r.prompts_rendered})
+    notes += sorted({f"HellaSwag: {r.hellaswag_source}; one item is {r.hellaswag_item_points:.1f} relative points"
+                     for r in rows if r.hellaswag_source and r.hellaswag_item_points})  # fmt: skip
+    lines += ["", *notes] if notes else []
     if published:
         lines += ["", "Published SmolLM-135M (last checkpoint; batch 128):", "",
                   "| mode | facts | steps | recall | KL | TV | HellaSwag % |", "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -66,6 +70,10 @@ def markdown_table(rows: list[Any], published: list[dict[str, Any]] | None = Non
             for p in published
         ]
     return "\n".join(lines)
+
+
+def _number(value: float | None, form: str) -> str:
+    return "-" if value is None else form.format(value)
 
 
 def write_report(
@@ -99,12 +107,13 @@ def plot_recall_vs_steps(checkpoints: list[Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for mode, facts in sorted({(c.mode, c.facts) for c in checkpoints}):
-        mine = [c for c in checkpoints if (c.mode, c.facts) == (mode, facts)]
+    for mode, facts, precision in sorted({(c.mode, c.facts, c.precision) for c in checkpoints}):
+        mine = [c for c in checkpoints if (c.mode, c.facts, c.precision) == (mode, facts, precision)]
+        name = f"{mode}, {facts:,} facts, {precision}"
         ax.plot([c.step for c in mine], [c.train_recall for c in mine], "o-", color=COLOURS[mode],
-                label=f"{mode}, {facts:,} facts: training")  # fmt: skip
+                label=f"{name}: training")  # fmt: skip
         ax.plot([c.step for c in mine], [c.unseen_recall for c in mine], "x:", color=COLOURS[mode],
-                label=f"{mode}, {facts:,} facts: unseen")  # fmt: skip
+                label=f"{name}: unseen")  # fmt: skip
     ax.set_xlabel("fine-tuning steps")
     ax.set_ylabel("recall (through the environment)")
     ax.set_ylim(-0.02, 1.02)
@@ -123,9 +132,11 @@ def plot_kl_vs_facts(rows: list[Any], published: list[dict[str, Any]] | None, pa
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for mode in COLOURS:
-        mine = sorted((r.facts, r.kl) for r in rows if r.mode == mode)
-        if mine:
-            ax.plot(*zip(*mine, strict=True), "o-", color=COLOURS[mode], label=f"{mode} (SmolLM2-135M, this study)")
+        for precision in sorted({r.precision for r in rows}):
+            mine = sorted((r.facts, r.kl) for r in rows if (r.mode, r.precision) == (mode, precision))
+            if mine:
+                ax.plot(*zip(*mine, strict=True), "o-", color=COLOURS[mode],
+                        label=f"{mode}, {precision} (SmolLM2-135M, this study)")  # fmt: skip
         theirs = sorted((p["facts"], p["kl"]) for p in published or [] if p["mode"] == mode)
         if theirs:
             ax.plot(*zip(*theirs, strict=True), "s--", mfc="none", alpha=0.6, color=COLOURS[mode],

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -63,10 +63,19 @@ class PretrainedStudyConfig(BaseModel):
     eval_sample: int = Field(100, ge=1, description="training facts (and unseen facts) sampled at each checkpoint")
     final_eval_facts: int = Field(0, ge=0, description="facts per split in the final evaluation (0: all)")
     target_recall: float = Field(0.99, gt=0, le=1, description="stop once training-fact recall reaches this")
-    bf16: bool = Field(False, description="bf16 autocast (CPU or GPU)")
+    precisions: list[Literal["fp32", "bf16", "bf16_pure"]] = Field(
+        default_factory=lambda: ["bf16"],
+        min_length=1,
+        description="numerical regimes, each a run per (mode, facts): fp32, bf16 (autocast over fp32 master weights; "
+        "fp32 on a CPU without native bf16) or bf16_pure (weights and optimizer states stored in bf16, the paper's "
+        "regime; exact bf16 storage over fp32 arithmetic without native bf16): trainers.precision",
+    )
     max_new_tokens: int = Field(64, ge=1, description="tokens per assistant turn at evaluation")
     eval_batch_size: int = Field(64, ge=1, description="episodes played in lockstep at evaluation")
-    retention_tokens: int = Field(32, ge=1, description="length of the base's continuations of the retention prompts")
+    retention_tokens: int = Field(
+        400, ge=1, description="length of the base's greedy continuations of the retention prompts (the paper: 400)"
+    )
+    retention_first_tokens: int = Field(32, ge=1, description="KL also over each continuation's first N tokens")
     retention_batch: int = Field(16, ge=1)
     hellaswag: str = Field("auto", description="auto, hub, sample, none or a JSONL file (evals.hellaswag)")
     hellaswag_limit: int | None = Field(200, ge=1, description="HellaSwag items per measurement")
@@ -113,14 +122,18 @@ class CheckpointRow(BaseModel):
 
     mode: str
     facts: int
+    precision: str = "bf16"  # the regime asked for (rows written before regimes were recorded: the then default)
     step: int
     train_recall: float
     unseen_recall: float
     kl: float
+    kl_first: float | None = None  # KL over each continuation's first retention_first_tokens tokens
     tv: float
     nll_change: float
+    hellaswag_acc: float | None = None
     hellaswag_acc_norm: float | None
-    hellaswag_relative: float | None
+    hellaswag_relative: float | None  # acc relative to the base's, % (acc_norm's before 2026-12-05)
+    hellaswag_relative_norm: float | None = None
     seconds: float
 
 
@@ -131,16 +144,22 @@ class StudyRow(BaseModel):
 
     mode: str
     facts: int
+    precision: str = Field("bf16", description="the regime asked for")
+    regime: str = Field("", description="the regime the device ran (trainers.precision: native, emulated, fallback)")
     steps: int
     step_budget: int
     steps_to_target: int | None = Field(description="first measured step with training recall >= target")
     train_recall: float = Field(description="final evaluation, training facts")
     unseen_recall: float = Field(description="final evaluation, unseen people")
     kl: float
+    kl_first: float | None = None
     tv: float
     nll_change: float
-    hellaswag_relative: float | None
+    hellaswag_relative: float | None = Field(description="acc relative to the base's, % (the paper's measure)")
+    hellaswag_relative_norm: float | None = None
+    hellaswag_item_points: float | None = Field(None, description="relative points one HellaSwag item is worth")
     hellaswag_source: str | None
+    prompts_rendered: str = Field("", description="how the retention prompts were rendered for KL / TV")
     faithful_tool: float = Field(description="counterfactual world: share answering the new value (the tool's)")
     faithful_memory: float = Field(description="counterfactual world: share answering the old value (memory)")
     wall_seconds: float = Field(description="time spent on the run, summed over its resumed parts")
@@ -157,8 +176,10 @@ class Measures:
         self.base, self.tokenizer = load_as_is(cfg.model)
         self.base.eval()
         self.divergence = DivergenceProbe(
-            self.base, self.tokenizer, max_new_tokens=cfg.retention_tokens, batch_size=cfg.retention_batch
-        )
+            self.base, self.tokenizer, max_new_tokens=cfg.retention_tokens, batch_size=cfg.retention_batch,
+            default_system=False, first_tokens=cfg.retention_first_tokens,
+            cache=cfg.out_dir() / "base_continuations.json",
+        )  # fmt: skip
         self.hellaswag = (
             None
             if cfg.hellaswag == "none"
@@ -178,10 +199,13 @@ class Measures:
             model.train(training)
         return {
             "kl": divergence.kl,
+            "kl_first": divergence.kl_first,
             "tv": divergence.tv,
             "nll_change": divergence.nll_change,
+            "hellaswag_acc": swag.model_acc if swag else None,
             "hellaswag_acc_norm": swag.model_acc_norm if swag else None,
             "hellaswag_relative": swag.relative if swag else None,
+            "hellaswag_relative_norm": swag.relative_norm if swag else None,
             "hellaswag_source": swag.source if swag else None,
         }
 
@@ -193,8 +217,8 @@ def stop_rule(summary: dict[str, float], target: float) -> bool:
     return summary["train_recall"] >= target
 
 
-def run_dir(cfg: PretrainedStudyConfig, mode: str, facts: int) -> Path:
-    return cfg.out_dir() / "runs" / f"{mode}-f{facts}"
+def run_dir(cfg: PretrainedStudyConfig, mode: str, facts: int, precision: str) -> Path:
+    return cfg.out_dir() / "runs" / f"{mode}-f{facts}-{precision}"
 
 
 def read_rows(path: Path) -> list[CheckpointRow]:
@@ -203,8 +227,8 @@ def read_rows(path: Path) -> list[CheckpointRow]:
     return [rows[step] for step in sorted(rows)]
 
 
-def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measures | None) -> StudyRow:
-    """One (mode, facts) run: fine-tune, measure every checkpoint, stop on training recall, then faithfulness.
+def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, precision: str, measures: Measures | None) -> StudyRow:
+    """One (mode, facts, precision) run: fine-tune, measure every checkpoint, stop on training recall, then faithfulness.
 
     In a multi-process job every rank trains and plays its share of each evaluation; the main process alone
     measures against the base (``measures`` is None elsewhere) and writes the run's row.
@@ -219,7 +243,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     from trainers.fine_tune import SFTScriptConfig, fine_tune
     from trainers.options import cuda_available, no_activation_checkpointing
 
-    out = run_dir(cfg, mode, facts)
+    out = run_dir(cfg, mode, facts, precision)
     finished = out / "study_row.json"
     if finished.exists():
         return StudyRow.model_validate_json(finished.read_text(encoding="utf-8"))
@@ -245,6 +269,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
         final_eval_facts=cfg.final_eval_facts,
         eval_batch_size=cfg.eval_batch_size,
         max_new_tokens=cfg.max_new_tokens,
+        precision=precision,
         resume=resume,
     )
     training = SFTConfig(
@@ -264,7 +289,6 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
         assistant_only_loss=True,
         max_length=1024,
         seed=0,
-        bf16=cfg.bf16,
         use_cpu=not cuda_available(),
         **no_activation_checkpointing(),
         disable_tqdm=False,
@@ -287,6 +311,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
                 row = CheckpointRow(
                     mode=mode,
                     facts=facts,
+                    precision=precision,
                     step=state.global_step,
                     train_recall=summary["train_recall"],
                     unseen_recall=summary["unseen_recall"],
@@ -350,15 +375,21 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, measures: Measu
     row = StudyRow(
         mode=mode,
         facts=facts,
+        precision=precision,
+        regime=result.precision,
         steps=result.steps,
         step_budget=budget,
         steps_to_target=next((r.step for r in rows if r.train_recall >= cfg.target_recall), None),
         train_recall=result.train_recall,
         unseen_recall=result.unseen_recall,
         kl=final.get("kl", 0.0),
+        kl_first=final.get("kl_first"),
         tv=final.get("tv", 0.0),
         nll_change=final.get("nll_change", 0.0),
         hellaswag_relative=final.get("hellaswag_relative"),
+        hellaswag_relative_norm=final.get("hellaswag_relative_norm"),
+        hellaswag_item_points=measures.hellaswag.item_points if measures.hellaswag is not None else None,
+        prompts_rendered=measures.divergence.rendering,
         hellaswag_source=swag_source,
         faithful_tool=faithful.tool_rate,
         faithful_memory=faithful.memory_rate,
@@ -427,18 +458,18 @@ def run_study(cfg: PretrainedStudyConfig) -> PretrainedStudyResult:
         configs.claim_output(out, cfg, "fine-tuning study")
 
     ranks.first(create, then=lambda: None)
-    runs = [(mode, facts) for facts in cfg.facts for mode in cfg.modes]
+    runs = [(mode, facts, precision) for facts in cfg.facts for precision in cfg.precisions for mode in cfg.modes]
     processes = f" on {ranks.size} processes" if ranks.size > 1 else ""
     logger.info("fine-tuning study: %d runs into %s%s; measuring the base model first", len(runs), out, processes)
     measures = Measures(cfg) if ranks.main else None
     rows = []
     with tqdm(runs, desc="fine-tuning study", unit="run", disable=not ranks.main) as bar:
-        for mode, facts in bar:
-            bar.set_postfix_str(f"{mode} {facts} facts")
-            rows.append(train_run(cfg, mode, facts, measures))
+        for mode, facts, precision in bar:
+            bar.set_postfix_str(f"{mode} {facts} facts {precision}")
+            rows.append(train_run(cfg, mode, facts, precision, measures))
     result = PretrainedStudyResult(out=str(out), rows=rows, wall_seconds=round(time.perf_counter() - started, 1))
     if ranks.main:
-        checkpoints = [r for mode, facts in runs for r in read_rows(run_dir(cfg, mode, facts) / "checkpoints.jsonl")]
+        checkpoints = [r for run in runs for r in read_rows(run_dir(cfg, *run) / "checkpoints.jsonl")]
         write_report(out, rows, checkpoints, cfg.published, cfg.results, cfg.preset)
         (out / "study.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n", encoding="utf-8")
     return result

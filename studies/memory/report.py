@@ -171,3 +171,30 @@ def seed_share_table(shares: list[dict[str, Any]]) -> str:
             f"{r['share']:.2f} | {pub} |"
         )
     return "\n".join(lines)
+
+
+PUBLISHED_STEPS, PUBLISHED_BATCH = 100_000, 128  # the paper's runs: one dialog per (padded) row of each step
+
+
+def exposures(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (mode, people): dialogs seen in a run of the whole step budget and times each fact is seen, ours (packed
+    rows: tokens / mean dialog tokens) beside the paper's (``PUBLISHED_STEPS`` x ``PUBLISHED_BATCH`` dialogs), and
+    the ratio in dialogs: the data each side trains on, padding not counted.
+    """
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        if run.get("steps") and run.get("mean_dialog_tokens"):
+            groups.setdefault((run["mode"], int(run["people"])), []).append(run)
+    out = []
+    for (mode, people), group in sorted(groups.items()):
+        facts = int(group[0]["facts"])
+        per_step = sum(float(r["tokens"]) / int(r["steps"]) for r in group) / len(group)  # tokens per step
+        dialogs = per_step * int(group[0]["step_budget"]) / float(group[0]["mean_dialog_tokens"])
+        theirs = PUBLISHED_STEPS * PUBLISHED_BATCH
+        out.append({
+            "mode": mode, "people": people, "facts": facts, "mean_dialog_tokens": float(group[0]["mean_dialog_tokens"]),
+            "dialogs": round(dialogs), "exposures_per_fact": round(dialogs / facts, 1),
+            "published_dialogs": theirs, "published_exposures_per_fact": round(theirs / facts, 1),
+            "published_over_ours": round(theirs / dialogs, 1),
+        })  # fmt: skip
+    return out

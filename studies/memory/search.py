@@ -44,6 +44,7 @@ from studies.memory.report import (
     bits_per_fact,
     capacity_report,
     capacity_text,
+    exposures,
     markdown_table,
     published_seed_shares,
     published_thresholds,
@@ -512,6 +513,7 @@ class Study:
             write_csv(out / "seed_shares.csv", shares)
             tables.append(seed_share_table(shares))
         tables.append(capacity_text(capacity))
+        write_csv(out / "exposures.csv", exposures([s.model_dump() for s in self.summaries.values()]))
         (out / "thresholds.md").write_text("\n\n".join(tables) + "\n", encoding="utf-8")
         result = StudyResult(
             out=str(out),

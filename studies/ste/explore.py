@@ -100,9 +100,15 @@ def parse_verdict(text: str) -> bool:
     return text.strip().lower().startswith("yes")
 
 
-def entities(world: World, rng: np.random.Generator, k: int = 3) -> dict[str, list[str]]:
-    """A few names, countries, cities and occupations of the world, drawn anew for each proposal."""
+def entities(
+    world: World, rng: np.random.Generator, k: int = 3, first: dict[str, Any] | None = None
+) -> dict[str, list[str]]:
+    """A few names, countries, cities and occupations of the world, drawn anew for each proposal (``first``: a row
+    of the world shown first among them).
+    """
     rows = [world.rows[int(i)] for i in rng.choice(len(world.rows), size=min(k, len(world.rows)), replace=False)]
+    if first is not None:
+        rows = [first, *[r for r in rows if r is not first]][:k]
     return {
         "people": [r["name"] for r in rows],
         "countries of birth": [r["birth_place"] for r in rows],
@@ -148,9 +154,9 @@ def explore(
     registry: ToolRegistry,
     tools: list[str],
     *,
-    imagine: Policy,
+    imagine: Callable[[str], Policy],
     trial_policy: Callable[[str, list[dict[str, Any]]], Policy],
-    judge: Policy | None = None,
+    judge: Policy,
     out: Path,
     episodes: int,
     trials: int = 2,
@@ -165,8 +171,9 @@ def explore(
 ) -> list[Episode]:
     """Explore each tool for ``episodes`` episodes (resuming from ``out/explore.jsonl``); returns every episode.
 
-    ``trial_policy(tool, schemas)`` makes the policy that plays the trials of ``tool`` with those tools offered (the
-    explorer may differ per tool); ``judge`` (default: ``imagine``) reflects on each trial. STE's trial protocol:
+    ``imagine(tool)`` is the policy that proposes ``tool``'s questions (sampling), ``trial_policy(tool, schemas)`` the
+    one that plays its trials with those tools offered (the explorer may differ per tool); ``judge`` reflects on
+    each trial. STE's trial protocol:
     the first turn of a trial is ``first_turn`` (``required``: a call of the tool, constrained to its schema;
     ``auto``: the model's choice, the zero-shot ablation), later turns are free; ``example`` writes a worked
     exchange with another tool above each question; ``reprompt`` answers a reply that is neither a call nor an
@@ -185,7 +192,7 @@ def explore(
             single = ToolRegistry(
                 [registry[tool]], timeout_s=registry.timeout_s, max_result_chars=registry.max_result_chars
             )
-            player = trial_policy(tool, single.schemas())
+            player, proposer = trial_policy(tool, single.schemas()), imagine(tool)
             schema = registry[tool].json_schema
             while (start := sum(e.tool == tool for e in done)) < episodes:
                 size = min(batch, episodes - start)
@@ -203,11 +210,11 @@ def explore(
                     ]
                     for _ in range(size)
                 ]
-                proposals = imagine.generate(prompts)
+                proposals = proposer.generate(prompts)
                 fresh = [proposed(tool, start + i, proposal, memory) for i, proposal in enumerate(proposals)]
                 shown = worked_example(world, registry, tool) if example else ""
                 env = partial(ToolUseEnv, world, registry=single, max_turns=max_turns, reprompt=reprompt)
-                _trials(fresh, player, judge or imagine, trials, (first_turn, "auto"), shown, env)
+                _trials(fresh, player, judge, trials, (first_turn, "auto"), shown, env)
                 for episode in fresh:
                     episode.seconds = round((time.perf_counter() - batch_started) / len(fresh), 3)
                 for episode in fresh:

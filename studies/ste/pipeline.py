@@ -203,7 +203,7 @@ def explore_step(ctx: Context, explorer: str) -> list[Any]:
         ctx.world,
         ctx.registry,
         cfg.tools,
-        imagine=ctx.policy(cfg.explorer, None, cfg.temperature),
+        imagine=lambda tool: ctx.policy(players[tool], None, cfg.temperature),
         judge=ctx.policy(cfg.explorer, None),
         trial_policy=lambda tool, schemas: ctx.policy(players[tool], schemas),
         out=ctx.explored(explorer),
@@ -227,14 +227,42 @@ def leave_one_out_explorer(ctx: Context, tool: str) -> str:
 
 
 def explorer_rows(ctx: Context, tool: str) -> list[dict[str, Any]]:
-    """What the leave-one-out explorer of ``tool`` is trained on: every tool's oracle dialogs but ``tool``'s."""
+    """What the leave-one-out explorer of ``tool`` is trained on: every other tool's oracle dialogs, and for each
+    one its imagination (the imagination prompt of that tool, with the person the question is about among the
+    entities shown, answered by its question): it calls tools and asks about them, never ``tool``.
+    """
     n = ctx.cfg.explorer_dialogs
-    rows = [
-        r for other in ctx.cfg.test_tasks if other != tool and other in ctx.registry for r in oracle_rows(ctx, other, n)
-    ]
+    others = [t for t in ctx.cfg.test_tasks if t != tool and t in ctx.registry]
+    dialogs = [r for other in others for r in oracle_rows(ctx, other, n)]
     if tool != "lookup" and "lookup" in ctx.registry:
-        rows += lookup_rows(ctx, n)
-    return rows
+        dialogs += lookup_rows(ctx, n)
+    return dialogs + [imagination_row(ctx, row, seed) for seed, row in enumerate(dialogs)]
+
+
+def imagination_row(ctx: Context, dialog: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The imagination step that would have proposed ``dialog``'s question: its tool's imagination prompt, the
+    person the question names (or whose value its call asks about) shown first among the entities, the question.
+    """
+    import numpy as np
+
+    from studies.ste.explore import entities, imagination_prompt
+
+    question = dialog["messages"][0]["content"]
+    calls = [c["function"] for m in dialog["messages"] for c in m.get("tool_calls") or []]
+    values = {v for call in calls for v in _arguments(call).values() if isinstance(v, str)}
+    fields = ("birth_place", "current_address", "occupation", "birth_date")
+    person = next((r for r in ctx.world.rows if r["name"] in question), None) or next(
+        (r for r in ctx.world.rows if any(r[f] in values for f in fields)), None
+    )
+    shown = entities(ctx.world, np.random.default_rng([ctx.cfg.world_seed, seed]), first=person)
+    prompt = imagination_prompt(dialog["tools"][0], shown, [])
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": question}],
+            "tools": None}  # fmt: skip
+
+
+def _arguments(call: dict[str, Any]) -> dict[str, Any]:
+    arguments = call.get("arguments", {})
+    return json.loads(arguments) if isinstance(arguments, str) else arguments
 
 
 def distill_step(ctx: Context, explorer: str, episodes: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Both studies' GPU presets on one GPU machine, results into one folder, within 10 minutes:
+#   scripts/gpu_studies.sh OUT             # set-up from the lock (make setup) unless ITL_PYTHON names a python
+#                                          # with CUDA torch; then the fine-tuning study's gpu preset (both
+#                                          # precision regimes) and the memory study's gpu preset, seeds stacked
+#   scripts/gpu_studies.sh --dry-run OUT   # the same steps on CPU with the tiny presets (what the tests run)
+# OUT gets finetune/ and memory/ (the studies' folders, resumable: run it again to finish an interrupted run),
+# results/ (their CSVs, tables and plots) and gpu_studies.log (each step's command, wall time and exit status).
+set -euo pipefail
+dry=0
+if [[ "${1:-}" == "--dry-run" ]]; then dry=1; shift; fi
+if [[ $# -ne 1 || "$1" == -* ]]; then
+  echo "usage: scripts/gpu_studies.sh [--dry-run] OUT" >&2
+  exit 2
+fi
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+cd "$(dirname "$0")/.."
+log="$out/gpu_studies.log"
+
+python=${ITL_PYTHON:-}
+if [[ -z "$python" ]]; then
+  make -s setup >>"$log" 2>&1 || { echo "set-up failed: see $log" >&2; exit 1; }
+  python=.venv/bin/python
+fi
+if (( dry )); then
+  finetune=(--preset tiny) memory=(--preset tiny) budget=(600 600)
+else
+  "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device seen by torch")'
+  finetune=(--preset gpu) memory=(--preset gpu --stack-seeds) budget=(400 180)
+fi
+published=../shared/reference
+failed=0
+step() {  # step SECONDS NAME COMMAND...: COMMAND with a time limit (then Ctrl-C: the study saves), logged
+  local limit=$1 name=$2 started=$SECONDS status=0
+  shift 2
+  echo "== $name: $*" >>"$log"
+  timeout --signal=INT --kill-after=60 "$limit" "$@" >>"$log" 2>&1 || status=$?
+  echo "== $name: exit $status after $((SECONDS - started)) s" | tee -a "$log"
+  (( status == 0 )) || failed=1  # the next step still runs: one study's results are worth keeping
+}
+finetune_pub=() memory_pub=()
+[[ -f $published/itl_large_scale_results.csv ]] && finetune_pub=(--published "$published/itl_large_scale_results.csv")
+[[ -f $published/itl_grid4.csv ]] && memory_pub=(--published "$published/itl_grid4.csv")
+step "${budget[0]}" finetune "$python" -m studies.finetune "${finetune[@]}" --out "$out/finetune" \
+  --results "$out/results" "${finetune_pub[@]}"
+step "${budget[1]}" memory "$python" -m studies.memory "${memory[@]}" --out "$out/memory" "${memory_pub[@]}"
+mkdir -p "$out/results"
+for f in "$out"/memory/{results.csv,thresholds.csv,thresholds.md,seed_shares.csv,exposures.csv,params_vs_facts.png}; do
+  [[ -f $f ]] && cp "$f" "$out/results/study-$(basename "$f")"
+done
+echo "results in $out/results (log: $log)"
+exit $failed

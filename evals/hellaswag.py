@@ -59,8 +59,10 @@ class HellaSwagResult(BaseModel):
     model_acc_norm: float
     acc_change: float = Field(description="model_acc - base_acc")
     acc_norm_change: float = Field(description="model_acc_norm - base_acc_norm")
-    relative: float = Field(description="model_acc as a % of base_acc (the paper's 'HellaSwag relative')")
-    relative_norm: float = Field(description="model_acc_norm as a % of base_acc_norm")
+    relative: float | None = Field(
+        description="model_acc as a % of base_acc (the paper's 'HellaSwag relative'); None when the base scores 0"
+    )
+    relative_norm: float | None = Field(description="model_acc_norm as a % of base_acc_norm; None when it is 0")
     item_points: float = Field(description="relative points one item is worth: 100 / items the base gets right (acc)")
 
 
@@ -189,7 +191,7 @@ class HellaSwagProbe:
             model_acc_norm=norm,
             acc_change=acc - self.base_acc,
             acc_norm_change=norm - self.base_norm,
-            relative=100.0 * acc / self.base_acc if self.base_acc else 0.0,
-            relative_norm=100.0 * norm / self.base_norm if self.base_norm else 0.0,
+            relative=100.0 * acc / self.base_acc if self.base_acc else None,
+            relative_norm=100.0 * norm / self.base_norm if self.base_norm else None,
             item_points=self.item_points,
         )

@@ -117,10 +117,12 @@ def test_hellaswag_relative_to_base_and_offline_fallback_is_labelled(base_and_pe
     base, perturbed = base_and_perturbed
     same = run(base, base, hellaswag="auto", hellaswag_limit=8).hellaswag
     assert same.source == hellaswag.SAMPLE_LABEL and "not HellaSwag" in same.source and same.items == 8
-    assert same.acc_change == 0.0 and same.relative == pytest.approx(100.0)
+    assert same.acc_change == 0.0 and same.relative_norm == pytest.approx(100.0)
+    assert same.relative == (pytest.approx(100.0) if same.base_acc else None)  # a base at 0: no ratio
     other = run(base, perturbed, hellaswag="sample", hellaswag_limit=8).hellaswag
     assert other.acc_change == pytest.approx(other.model_acc - other.base_acc)
-    assert other.relative == pytest.approx(100 * other.model_acc / other.base_acc)  # the paper's: acc
+    if other.base_acc:
+        assert other.relative == pytest.approx(100 * other.model_acc / other.base_acc)  # the paper's: acc
     assert other.relative_norm == pytest.approx(100 * other.model_acc_norm / other.base_acc_norm)
     assert other.item_points == (pytest.approx(100 / round(other.base_acc * other.items)) if other.base_acc else 0.0)
     assert run(base, perturbed, hellaswag="none").hellaswag is None

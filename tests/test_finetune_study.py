@@ -71,7 +71,7 @@ def test_precision_regimes_are_a_study_axis_recorded_in_every_row(tmp_path):
     from studies.finetune.__main__ import main, parse
 
     out = tmp_path / "ft"
-    cfg = parse(["--preset", "tiny", "--out", str(out), "--modes", "in_tool", "--precisions", "[fp32, bf16_pure]"])
+    cfg = parse(["--preset", "tiny", "--out", str(out), "--modes", "in_tool", "--precisions", "fp32", "bf16_pure"])
     result = main(cfg)
     assert [(r.precision, r.regime.split(" ")[0]) for r in result.rows] == [
         ("fp32", "fp32"),

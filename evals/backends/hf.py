@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 from itl_env.tool_choice import AUTO, FORCED_MIN_TOKENS, NONE, call_frame, call_grammar
@@ -162,48 +161,9 @@ class Forcing:
         self.grammars: dict[str, Any] = {}
 
     def processor(self, choice: str) -> Any:
-        """A fresh logits processor (single-use) constraining each reply of a batch to one call of ``choice``."""
+        """A fresh logits processor (xgrammar's are single-use) constraining the reply to one call of ``choice``."""
+        import xgrammar.contrib.hf
+
         if choice not in self.grammars:
             self.grammars[choice] = self.compiler.compile_grammar(call_grammar(self.tools, choice))
-        return grammar_processor()(self.grammars[choice])
-
-
-@cache
-def grammar_processor() -> type:
-    """The logits processor class (made on first use: transformers and xgrammar load only then)."""
-    import torch
-    import transformers
-    import xgrammar as xgr
-
-    class GrammarProcessor(transformers.LogitsProcessor):
-        """xgrammar's constraint over a whole batch at once: the last tokens accepted and the next bitmasks filled
-        by one batched call each (xgrammar's own HF processor loops over the rows in Python), rows whose grammar
-        has finished left alone.
-        """
-
-        def __init__(self, grammar: Any):
-            self.grammar, self.matchers, self.batch = grammar, [], xgr.BatchGrammarMatcher(max_threads=2)
-            self.bitmask: Any = None
-            self.started = False
-
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            if not self.matchers:
-                self.matchers = [xgr.GrammarMatcher(self.grammar) for _ in range(input_ids.shape[0])]
-                self.bitmask = xgr.allocate_token_bitmask(len(self.matchers), self.grammar.tokenizer_info.vocab_size)
-            live = [i for i, m in enumerate(self.matchers) if not m.is_terminated()]
-            if self.started and live:
-                last = input_ids[live, -1].tolist()
-                accepted = xgr.BatchGrammarMatcher.batch_accept_token([self.matchers[i] for i in live], last)
-                if not all(accepted):
-                    raise RuntimeError("a constrained row took a token its grammar refuses")
-                live = [i for i in live if not self.matchers[i].is_terminated()]
-            self.started = True
-            if live:
-                self.batch.batch_fill_next_token_bitmask([self.matchers[i] for i in live], self.bitmask, live)
-                rows = torch.tensor(live)
-                masked = scores[rows]
-                xgr.apply_token_bitmask_inplace(masked, self.bitmask[rows])
-                scores[rows] = masked
-            return scores
-
-    return GrammarProcessor
+        return xgrammar.contrib.hf.LogitsProcessor(self.grammars[choice])

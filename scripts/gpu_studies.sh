@@ -23,7 +23,8 @@ if [[ -z "$python" ]]; then
   python=.venv/bin/python
 fi
 if (( dry )); then
-  finetune=(--preset tiny) memory=(--preset tiny) budget=(600 600)
+  # the plumbing, as small as it goes: one mode each (the tests run it; the gpu presets run both)
+  finetune=(--preset tiny --modes in_tool) memory=(--preset tiny --modes in_tool --people 1) budget=(600 600)
 else
   "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device seen by torch")'
   finetune=(--preset gpu) memory=(--preset gpu --stack-seeds) budget=(400 180)

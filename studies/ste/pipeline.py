@@ -4,9 +4,9 @@ Each tool is learnt and tested on its own: its dialogs show only its schema, its
 queries are the test phrasings of its ``TaskKind`` (phrased unlike any training query), scored
 exactly through ``ToolUseEnv`` with the tool executed for real. Exploration runs once per explorer
 (``explorers``): ``leave_one_out``, the explorer fine-tuned on the oracle's dialogs of every tool but
-the one it explores (it can call tools, and meets this one for the first time: the explorer STE
-presumes), and ``base``, the explorer as given. Both explore the same imagined questions (imagination
-and reflection are the given explorer's, seeded per batch); only who plays the trials differs. The
+the one it explores and on their imagination (it can call tools and ask about them, and meets this one
+for the first time: the explorer STE presumes), and ``base``, the explorer as given. Each imagines and
+plays its own trials (imagination sampled, seeded per batch); reflection is the given explorer's. The
 first explorer's data is the one STE fine-tunes on and continual learning trains on. Every step
 writes its outputs under ``out`` and is skipped when they are there (delete them to redo a step).
 """
@@ -66,7 +66,12 @@ class SteConfig(BaseModel):
         description="a trial's first turn: required (a call of the explored tool, constrained to its schema) or "
         "auto (the model's choice: the zero-shot protocol, an ablation)",
     )
-    example: bool = Field(True, description="show a worked exchange with another tool (lookup) above each question")
+    example: list[Literal["leave_one_out", "base"]] = Field(
+        default_factory=lambda: ["base"],
+        description="the explorers shown a worked exchange with another tool (lookup) above each question: the "
+        "base, which has never seen a call; the leave-one-out explorer knows the format and copied the example's "
+        "values into its calls (2026-12-05)",
+    )
     judge: bool = Field(False, description="also ask the explorer STE's three judging criteria")
     paraphrase: bool = Field(False, description="add one paraphrased query per kept dialog")
     reprompt: bool = Field(
@@ -214,7 +219,7 @@ def explore_step(ctx: Context, explorer: str) -> list[Any]:
         recent=cfg.recent,
         seed=cfg.world_seed,
         first_turn=cfg.first_turn,
-        example=cfg.example,
+        example=explorer in cfg.example,
         reprompt=cfg.reprompt,
     )
 

@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import logging
 import re
+import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -99,26 +102,36 @@ def lm_eval_accuracy(
     """(acc, acc_norm, items) of ``model`` with lm-eval: the hub task, or ``source``'s items as a local task."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
-    with tempfile.TemporaryDirectory() as folder:
-        if source == "hub":
-            task, manager = "hellaswag", TaskManager()
-        else:
-            task, manager = LOCAL_TASK, TaskManager(include_path=_local_task(Path(folder), load_items(source, limit)))
-        results = simple_evaluate(
-            model=lm,
-            tasks=[task],
-            task_manager=manager,
-            limit=limit,
-            num_fewshot=0,
-            log_samples=False,
-            verbosity="ERROR",
-        )
+    task, manager = _task(source, limit)
+    results = simple_evaluate(
+        model=lm,
+        tasks=[task],
+        task_manager=manager,
+        limit=limit,
+        num_fewshot=0,
+        log_samples=False,
+        verbosity="ERROR",
+    )
     scores = results["results"][task]
     items = results.get("n-samples", {}).get(task, {}).get("effective", limit or 0)
     return float(scores["acc,none"]), float(scores["acc_norm,none"]), int(items)
+
+
+@functools.cache
+def _task(source: str, limit: int | None) -> tuple[str, Any]:
+    """(task name, lm-eval ``TaskManager``) for ``source``, built once per process: a manager indexes every task
+    file it may load (about 20 s for lm-eval's own thousands), so a local task's indexes its folder alone.
+    """
+    from lm_eval.tasks import TaskManager
+
+    if source == "hub":
+        return "hellaswag", TaskManager()
+    folder = Path(tempfile.mkdtemp(prefix="itl-hellaswag-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    task_folder = _local_task(folder, load_items(source, limit))
+    return LOCAL_TASK, TaskManager(include_path=task_folder, include_defaults=False)
 
 
 def _local_task(folder: Path, items: list[HellaSwagItem]) -> str:

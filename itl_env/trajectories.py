@@ -106,16 +106,26 @@ def row_problem(row: Any, tool_names: set[str]) -> str | None:
             name = function.get("name") if isinstance(function, dict) else None
             if name not in tool_names:
                 return f"message {i}: a call of {name!r}, which is not a tool of this run ({', '.join(sorted(tool_names))})"
-            arguments = function.get("arguments")
             try:
-                decoded = json.loads(arguments) if isinstance(arguments, str) else arguments
-            except ValueError:
-                return f"message {i}: the arguments of {name} are not JSON: {str(arguments)[:80]!r}"
-            if not isinstance(decoded, dict):
-                return f"message {i}: the arguments of {name} must be a JSON object"
+                call_arguments(function.get("arguments"))
+            except ValueError as error:
+                return f"message {i}: the arguments of {name} {error}"
     if not any(m["role"] == "assistant" for m in messages):
         return "no assistant message: nothing to learn"
     return None
+
+
+def call_arguments(arguments: Any) -> dict[str, Any]:
+    """A tool call's arguments as a mapping: chat messages carry them as a JSON text (OpenAI's format) or as an
+    object (what chat templates render); ValueError when they are neither an object nor its JSON.
+    """
+    try:
+        decoded = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        raise ValueError(f"are not JSON: {str(arguments)[:80]!r}") from None
+    if not isinstance(decoded, dict):
+        raise ValueError("must be a JSON object")
+    return decoded
 
 
 def _json(arguments: Any) -> str:

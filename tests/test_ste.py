@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -184,6 +185,26 @@ def test_a_leave_one_out_explorer_never_sees_its_tool(tmp_path):
                 in r["messages"][0]["content"]
                 for r in named
             )
+    finally:
+        ctx.close()
+
+
+@pytest.mark.slow
+def test_a_model_is_trained_again_when_its_rows_change_and_reused_when_not(tmp_path):
+    """A fine-tuned model (finished or half-trained) is reused only for the rows and settings it was made from."""
+    from studies.ste.__main__ import parse
+    from studies.ste.pipeline import Context, explorer_rows, fine_tune_on
+
+    _, cfg = parse(["explore", "--preset", "tiny", "--out", str(tmp_path / "ste")])
+    ctx = Context(cfg)
+    try:
+        rows = explorer_rows(ctx, "age_on")[:4]
+        weights = Path(fine_tune_on(ctx, "m", rows, cfg.learner)) / "model.safetensors"
+        first = weights.stat().st_mtime_ns
+        assert Path(fine_tune_on(ctx, "m", rows, cfg.learner)) / "model.safetensors" == weights
+        assert weights.stat().st_mtime_ns == first  # the same rows: reused, not trained again
+        fine_tune_on(ctx, "m", rows[:3], cfg.learner)
+        assert weights.stat().st_mtime_ns != first  # other rows: trained again (not the stale model)
     finally:
         ctx.close()
 

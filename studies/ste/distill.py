@@ -18,6 +18,7 @@ from typing import Any
 
 from itl_env.rollout import Policy
 from itl_env.scoring import normalise
+from itl_env.trajectories import call_arguments
 from studies.ste.explore import Episode, parse_query, parse_verdict
 from tools.registry import ToolRegistry
 
@@ -58,12 +59,10 @@ def call_is_grounded(calls: list[dict[str, Any]], query: str, schemas: dict[str,
     text = normalise(query)
     for call in calls:
         properties = schemas.get(call["name"], {}).get("function", {}).get("parameters", {}).get("properties", {})
-        arguments = call["arguments"]
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except ValueError:
-                return False
+        try:
+            arguments = call_arguments(call["arguments"])
+        except ValueError:
+            return False
         for key, value in arguments.items():
             if isinstance(value, str) and "enum" not in properties.get(key, {}) and normalise(value) not in text:
                 return False

@@ -197,7 +197,8 @@ def explore(
             while (start := sum(e.tool == tool for e in done)) < episodes:
                 size = min(batch, episodes - start)
                 batch_started = time.perf_counter()
-                # seeded per (seed, tool, batch): every explorer, and a resumed exploration, imagines the same questions
+                # seeded per (seed, tool, batch): every explorer is shown the same entities from the same sampling seed
+                # (their models differ, so their questions do), and a resumed exploration imagines what it would have
                 key = [seed, tools.index(tool), start]
                 rng = np.random.default_rng(key)
                 _seed_sampling(key)

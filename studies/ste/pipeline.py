@@ -13,10 +13,12 @@ writes its outputs under ``out`` and is skipped when they are there (delete them
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import configs
 from configs import jsonl
+from itl_env.trajectories import call_arguments
 
 logger = logging.getLogger("studies.ste")
 
@@ -254,7 +257,7 @@ def imagination_row(ctx: Context, dialog: dict[str, Any], seed: int) -> dict[str
 
     question = dialog["messages"][0]["content"]
     calls = [c["function"] for m in dialog["messages"] for c in m.get("tool_calls") or []]
-    values = {v for call in calls for v in _arguments(call).values() if isinstance(v, str)}
+    values = {v for call in calls for v in call_arguments(call.get("arguments", {})).values() if isinstance(v, str)}
     fields = ("birth_place", "current_address", "occupation", "birth_date")
     person = next((r for r in ctx.world.rows if r["name"] in question), None) or next(
         (r for r in ctx.world.rows if any(r[f] in values for f in fields)), None
@@ -263,11 +266,6 @@ def imagination_row(ctx: Context, dialog: dict[str, Any], seed: int) -> dict[str
     prompt = imagination_prompt(dialog["tools"][0], shown, [])
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": question}],
             "tools": None}  # fmt: skip
-
-
-def _arguments(call: dict[str, Any]) -> dict[str, Any]:
-    arguments = call.get("arguments", {})
-    return json.loads(arguments) if isinstance(arguments, str) else arguments
 
 
 def distill_step(ctx: Context, explorer: str, episodes: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -333,10 +331,18 @@ def fine_tune_on(ctx: Context, name: str, rows: list[dict[str, Any]], base: str)
 
     cfg = ctx.cfg
     out = ctx.out / "models" / name
+    steps = max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
+    # what the model is trained from: a model (finished or half-trained) made from other rows or settings is stale
+    inputs = hashlib.sha256(
+        json.dumps([base, steps, cfg.batch_size, cfg.learning_rate, cfg.bf16, rows], sort_keys=True).encode()
+    ).hexdigest()
+    stamp = out.with_name(f"{name}.inputs.sha256")  # beside the run folder, which fine_tune creates itself
+    if out.exists() and (not stamp.exists() or stamp.read_text(encoding="utf-8").strip() != inputs):
+        logger.warning("%s was trained from other data or settings: training it again", out)
+        shutil.rmtree(out)
     if (out / "model" / "config.json").exists():
         return str(out / "model")
     data = write_dataset(rows, ctx.out / "data" / name)
-    steps = max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
     script = SFTScriptConfig(
         model=base, world=ctx.world.target, tools=cfg.tools_factory, tasks=[], dataset=str(data), eval_every=0,
         resume=(out / "config.yaml").exists(), max_new_tokens=cfg.max_new_tokens,
@@ -347,6 +353,8 @@ def fine_tune_on(ctx: Context, name: str, rows: list[dict[str, Any]], base: str)
         save_strategy="steps", save_steps=max(5, steps // 2), save_total_limit=1, report_to="none",
         assistant_only_loss=True, max_length=2048, seed=0, bf16=cfg.bf16, use_cpu=True, **no_activation_checkpointing(),
     )  # fmt: skip
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(inputs + "\n", encoding="utf-8")
     fine_tune(script, training)
     return str(out / "model")
 

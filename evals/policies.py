@@ -62,7 +62,10 @@ def build_policy(cfg: PolicyConfig, tools: list[dict[str, Any]], *, cache_dir: P
         model.to(cfg.device)
         return HFPolicy(model, tokenizer, tools, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.hf_batch_size)
     if cfg.backend == "vllm":
+        import importlib.util
+
         from evals.backends.vllm import VLLMPolicy
+        from evals.backends.vllm_process import VLLMProcess, vllm_python
 
         path = cfg.model or "default"
         if path == "default":
@@ -71,6 +74,19 @@ def build_policy(cfg: PolicyConfig, tools: list[dict[str, Any]], *, cache_dir: P
             path = str(cache_dir / "default-model")
             if not (Path(path) / "config.json").exists():
                 default_model.save(path)
+        if importlib.util.find_spec("vllm") is None and vllm_python() is not None:
+            if cfg.data_parallel_size > 1 or cfg.tensor_parallel_size > 1 or cfg.pipeline_parallel_size > 1:
+                raise ValueError("vLLM runs in its own interpreter here: run parallel engines from .venv-vllm")
+            return VLLMProcess(  # vLLM lives in another interpreter (.venv-vllm): its engine in a subprocess there
+                path,
+                tools,
+                max_new_tokens=cfg.max_new_tokens,
+                dtype=cfg.dtype,
+                log=cache_dir / "vllm-engine.log",
+                cache_dir=cache_dir / ".cache",
+                engine_args={"seed": seed, "enforce_eager": cfg.enforce_eager, **cfg.engine_args}
+                | ({"max_model_len": cfg.max_model_len} if cfg.max_model_len else {}),
+            )
         return VLLMPolicy(
             path,
             tools,

@@ -110,6 +110,7 @@ def fine_tune(
 
     run = start_run(cfg, training, kind="sft", prepare=prepare)
     out, world = run.out, run.world
+    recall: Any = None
     try:
         registry, train_tasks, test_tasks, given = run.prepared
         rows = rows_consumed(training)
@@ -150,6 +151,8 @@ def fine_tune(
         run.abandon()
         raise
     finally:
+        if recall is not None:
+            recall.close()  # its vLLM engine, if any
         world.close()
 
 

@@ -1,7 +1,8 @@
 """What the TRL trainers (SFT, GRPO) share: LoRA, graceful stop on signals, periodic recall, the run's tail.
 
-A run is evaluated by ``evals.evaluator.RecallEvaluator`` with the model being trained as an HF policy:
-every ``eval_every`` steps on fixed samples, at the end on ``final_eval_facts`` per split.
+A run is evaluated by ``evals.evaluator.RecallEvaluator`` every ``eval_every`` steps on fixed samples, at the end
+on ``final_eval_facts`` per split: with the model being trained as an HF policy, or (``--eval_backend vllm``) by a
+vLLM engine in vLLM's own interpreter that reloads each checkpoint's weights (``CheckpointEngine``).
 """
 
 from __future__ import annotations
@@ -69,8 +70,70 @@ class GracefulStop:
         logger.warning("signal %d: saving a checkpoint and stopping after this step (again to stop at once)", signum)
 
 
+def eval_backend(choice: str, *, lora: bool, processes: int) -> str:
+    """``hf`` or ``vllm``: what the ``choice`` of evaluation backend (hf, vllm, auto) comes to for a run that trains
+    a LoRA adapter or not, on ``processes`` processes (``auto``: vllm where it can be used).
+    """
+    from evals.backends.vllm_process import vllm_python
+
+    obstacles = [
+        reason
+        for reason, present in (
+            ("vLLM is not installed (`make vllm-env`, or ITL_VLLM_PYTHON)", vllm_python() is None),
+            ("the run trains a LoRA adapter (the engine reloads whole weights)", lora),
+            (f"the run has {processes} processes (one engine serves one process)", processes > 1),
+        )
+        if present
+    ]
+    if choice == "vllm" and obstacles:
+        raise ValueError(f"--eval_backend vllm: {'; '.join(obstacles)}")
+    return "vllm" if choice == "vllm" or (choice == "auto" and not obstacles) else "hf"
+
+
+class CheckpointEngine:
+    """vLLM over the model being trained: at each evaluation its weights are saved to ``folder`` and reloaded in
+    place by one engine (started at the first), so the engine's start-up is paid once per run.
+    """
+
+    def __init__(self, tokenizer: Any, tools: list[dict[str, Any]], cfg: RunOptions, folder: Path):
+        self.tokenizer, self.tools, self.cfg, self.folder = tokenizer, tools, cfg, folder
+        self.engine: Any = None
+
+    def __call__(self, model: Any) -> Any:
+        import shutil
+
+        from evals.backends.vllm_process import VLLMProcess
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+        model.save_pretrained(self.folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(self.folder)
+        if self.engine is not None:
+            self.engine.reload(self.folder)
+            return self.engine
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # the precision HF would evaluate in
+        self.engine = VLLMProcess(
+            self.folder,
+            self.tools,
+            max_new_tokens=self.cfg.max_new_tokens,
+            dtype=dtype,
+            log=self.folder.parent / "vllm-engine.log",
+            cache_dir=self.folder.parent,
+        )
+        return self.engine
+
+    def close(self) -> None:
+        import shutil
+
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class ModelRecall:
-    """Recall of the model being trained: an HF policy over it, played by the run's one evaluator."""
+    """Recall of the model being trained, played by the run's one evaluator: an HF policy over it, or a vLLM engine
+    over its saved weights (``backend="vllm"``: ``CheckpointEngine``). ``close()`` after training.
+    """
 
     def __init__(
         self,
@@ -81,13 +144,18 @@ class ModelRecall:
         *,
         facts: bool = True,
         tasks: Sequence[Any] = (),
+        backend: str = "hf",
     ):
         self.evaluator, self.tokenizer, self.cfg, self.records = evaluator, tokenizer, cfg, out / "records"
         self.facts, self.tasks = facts, list(tasks)
+        self.engine = (
+            CheckpointEngine(tokenizer, evaluator.tools, cfg, out / "eval-model") if backend == "vllm" else None
+        )
 
     @classmethod
     def of_run(cls, run: Any, cfg: RunOptions, registry: Any, *, facts: bool = True, tasks: Sequence[Any] = ()) -> Any:
         """The recall of a started run (``trainers.run_start.RunStart``): its world, tools and ranks."""
+        backend = eval_backend(cfg.eval_backend, lora=cfg.lora, processes=run.ranks.size)
         evaluator = RecallEvaluator(
             run.world,
             mode=cfg.mode,
@@ -96,16 +164,20 @@ class ModelRecall:
             batch_size=cfg.eval_batch_size,
             ranks=run.ranks,
         )
-        return cls(evaluator, run.tokenizer, cfg, run.out, facts=facts, tasks=tasks)
+        return cls(evaluator, run.tokenizer, cfg, run.out, facts=facts, tasks=tasks, backend=backend)
 
     def __call__(self, model: Any, *, sample: int, tag: str) -> dict[str, float]:
         self.records.mkdir(parents=True, exist_ok=True)
-        policy = HFPolicy(
-            model,
-            self.tokenizer,
-            self.evaluator.tools,
-            max_new_tokens=self.cfg.max_new_tokens,
-            batch_size=self.cfg.eval_batch_size,
+        policy = (
+            self.engine(model)
+            if self.engine is not None
+            else HFPolicy(
+                model,
+                self.tokenizer,
+                self.evaluator.tools,
+                max_new_tokens=self.cfg.max_new_tokens,
+                batch_size=self.cfg.eval_batch_size,
+            )
         )
         summary = dict.fromkeys(FINAL_KEYS, 0.0)
         if self.facts:
@@ -114,6 +186,10 @@ class ModelRecall:
             accuracy = self.evaluator.evaluate_tasks(policy, self.tasks, out=self.records / f"{tag}-tasks.jsonl")
             summary |= {f"task/{kind}": value for kind, value in accuracy.items()}
         return summary
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
 
 
 def progress_callback(

@@ -56,6 +56,12 @@ class RunOptions(BaseModel):
     eval_batch_size: int = Field(128, ge=1, description="episodes played in lockstep during evaluation")
     max_new_tokens: int = Field(96, ge=1, description="tokens generated per assistant turn at evaluation")
     max_turns: int = Field(3, ge=1, description="assistant turns per episode before it is truncated")
+    eval_backend: Literal["hf", "vllm", "auto"] = Field(
+        "hf",
+        description="what plays the recall evaluations: hf (the model being trained, in this process), vllm (an "
+        "engine in vLLM's interpreter, .venv-vllm or $ITL_VLLM_PYTHON, each checkpoint's weights reloaded into it; "
+        "one process, all weights) or auto (vllm where that is possible, else hf)",
+    )
     tools: str | None = Field(
         None,
         description="registry factory 'module:callable' called with the world (none: the fact tools; the people "

@@ -118,6 +118,7 @@ def reinforce(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
 
     run = start_run(cfg, training, kind="grpo", prepare=prepare)
     out, world, model, tokenizer, metrics = run.out, run.world, run.model, run.tokenizer, run.metrics
+    recall: Any = None
     try:
         registry = run.prepared
         facts = world.facts("train")
@@ -161,6 +162,8 @@ def reinforce(cfg: GRPOScriptConfig, training: Any) -> GRPOResult:
         run.abandon()
         raise
     finally:
+        if recall is not None:
+            recall.close()  # its vLLM engine, if any
         world.close()
 
 

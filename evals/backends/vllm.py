@@ -168,6 +168,13 @@ class VLLMPolicy:
         replies = [reply_text(self.tokenizer, ids) for ids in outputs]
         return [(before + text + after).strip() for text, _ in replies], [count for _, count in replies]
 
+    def reload(self, model: str | os.PathLike[str]) -> None:
+        """Every engine's weights replaced in place by those saved in ``model`` (same architecture and tokenizer):
+        a training run's next checkpoint, without starting the engines again.
+        """
+        for engine in self._engines:
+            engine.reload(str(model))
+
     def close(self) -> None:
         for engine in self._engines:
             engine.close()
@@ -192,6 +199,12 @@ def _generate_ids(llm: Any, prompts: list[list[int]], sampling: dict[str, Any]) 
     return [list(o.outputs[0].token_ids) for o in outputs]
 
 
+def _reload(llm: Any, model: str) -> None:
+    """New weights from ``model``'s safetensors, in place; cached prefixes were computed with the old ones."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_path": model})
+    llm.reset_prefix_cache()
+
+
 class _Engine:
     """One ``vllm.LLM`` in this process."""
 
@@ -206,6 +219,9 @@ class _Engine:
 
     def result(self) -> list[list[int]]:
         return self._result
+
+    def reload(self, model: str) -> None:
+        _reload(self.llm, model)
 
     def close(self) -> None:
         if self.llm is not None:
@@ -231,8 +247,12 @@ def _serve_engine(engine_args: dict[str, Any], devices: str | None, connection: 
     try:
         connection.send("ready")
         while (job := connection.recv()) is not None:
-            prompts, sampling = job
-            connection.send(_generate_ids(llm, prompts, sampling))
+            if isinstance(job, str):  # a model directory to reload the weights from
+                _reload(llm, job)
+                connection.send("reloaded")
+            else:
+                prompts, sampling = job
+                connection.send(_generate_ids(llm, prompts, sampling))
     except EOFError:
         pass  # the parent is gone
     finally:
@@ -269,6 +289,11 @@ class _EngineProcess:
 
     def result(self) -> list[list[int]]:
         return self._connection.recv()
+
+    def reload(self, model: str) -> None:
+        self._connection.send(model)
+        if self._connection.recv() != "reloaded":
+            raise RuntimeError("a data-parallel vLLM engine failed to reload its weights")
 
     def close(self) -> None:
         try:

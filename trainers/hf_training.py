@@ -76,6 +76,8 @@ def eval_backend(choice: str, *, lora: bool, processes: int) -> str:
     """
     from evals.backends.vllm_process import vllm_python
 
+    if choice == "hf":
+        return "hf"
     obstacles = [
         reason
         for reason, present in (

@@ -32,6 +32,8 @@ def vllm_python() -> str | None:
     """The interpreter that has vLLM: ``$ITL_VLLM_PYTHON``, the project's ``.venv-vllm``, this one, or None."""
     named = os.environ.get("ITL_VLLM_PYTHON")
     if named:
+        if not os.access(named, os.X_OK) or not Path(named).is_file():
+            raise ValueError(f"ITL_VLLM_PYTHON={named} is not an executable file (a Python interpreter with vLLM)")
         return named
     venv = ROOT / ".venv-vllm" / "bin" / "python"
     if venv.exists():

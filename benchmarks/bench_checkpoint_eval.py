@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.ratio import report
+from ratio import report
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

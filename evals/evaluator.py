@@ -116,26 +116,33 @@ class RecallEvaluator:
     ) -> dict[str, float]:
         """Recall on fixed samples of training and unseen facts (``records_dir/<tag>-<split>.jsonl``).
 
-        Keys: ``<split>_recall``, ``<split>_tool_call_rate``, ``<split>_parse_error_rate`` per split, and
-        ``tool_call_rate`` / ``parse_error_rate`` over every evaluated episode.
+        Both samples are played as one batch (a batched backend fills its batch with both splits' episodes
+        instead of playing two half-empty ones in turn), then summarised apart. Keys: ``<split>_recall``,
+        ``<split>_tool_call_rate``, ``<split>_parse_error_rate`` per split, and ``tool_call_rate`` /
+        ``parse_error_rate`` over every evaluated episode.
         """
+        samples = {split: self.sample(split, sample) for split in SPLITS}
+        facts = [fact for split in SPLITS for fact in samples[split]]
+        started = time.perf_counter()
+        records = self.evaluate(policy, facts, progress=progress, desc=f"eval {tag}").records if facts else []
+        seconds = time.perf_counter() - started
         summary: dict[str, float] = {}
-        pooled: dict[str, float] = {"tool_call_rate": 0.0, "parse_error_rate": 0.0}
-        episodes = 0
+        first = 0
         for split in SPLITS:
-            facts = self.sample(split, sample)
-            if not facts:
+            played, first = records[first : first + len(samples[split])], first + len(samples[split])
+            if not played:
                 continue
-            out = records_dir / f"{tag}-{split}.jsonl" if records_dir is not None else None
-            result = self.evaluate(policy, facts, out=out, progress=progress, desc=f"eval {tag} {split}").summary
+            if records_dir is not None and self.ranks.main:
+                out = records_dir / f"{tag}-{split}.jsonl"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.unlink(missing_ok=True)
+                jsonl.append(out, played)
+            result = summarise(played, seconds * len(played) / len(records))
             summary |= {
                 f"{split}_recall": result.recall,
                 f"{split}_tool_call_rate": result.tool_call_rate,
                 f"{split}_parse_error_rate": result.parse_error_rate,
             }
-            for key in pooled:
-                pooled[key] += getattr(result, key) * result.episodes
-            episodes += result.episodes
             logger.info(
                 "%s %s: recall %.3f, tool calls %.3f, parse errors %.3f (%d facts)",
                 tag,
@@ -146,7 +153,8 @@ class RecallEvaluator:
                 result.episodes,
             )
         summary.setdefault("unseen_recall", 0.0)
-        return summary | {key: value / max(episodes, 1) for key, value in pooled.items()}
+        pooled = summarise(records, seconds)
+        return summary | {"tool_call_rate": pooled.tool_call_rate, "parse_error_rate": pooled.parse_error_rate}
 
     def evaluate_tasks(
         self, policy: Policy, tasks: Sequence[Task], *, out: Path | None = None, progress: bool = True

@@ -17,6 +17,7 @@ pytest.importorskip("trl")
 
 from evals.backends.vllm_process import VLLMProcess, vllm_python
 from trainers import sft
+from trainers.fine_tune import fine_tune
 from trainers.hf_training import eval_backend
 
 pytestmark = pytest.mark.slow
@@ -35,15 +36,22 @@ def records(folder: Path) -> dict[str, list[dict]]:
 
 @needs_vllm
 def test_one_engine_reloading_each_checkpoint_gives_the_records_of_hf(tmp_path):
-    runs = {}
+    runs, after = {}, {}
+    question = [[{"role": "user", "content": "Where was the first person of the world born?"}]]
     for backend in ("hf", "vllm"):
         script, training = sft.parse(
             [*TINY, "--world", str(tmp_path / "world.db"), "--output_dir", str(tmp_path / backend),
              "--eval_backend", backend]
         )  # fmt: skip
-        sft.main(script, training)
+
+        def then(policy, backend=backend):  # what played the run, handed on over the final model (a study's next step)
+            after[backend] = (type(policy).__name__, policy.generate(question))
+
+        fine_tune(script, training, then=then)
         runs[backend] = records(tmp_path / backend / "records")
     hf, vllm = runs["hf"], runs["vllm"]
+    assert after["hf"][0] == "HFPolicy" and after["vllm"][0] == "VLLMProcess"  # the run's engine, still open
+    assert after["vllm"][1] == after["hf"][1]
     assert sorted(hf) == ["final-train.jsonl", "final-unseen.jsonl", "step16-train.jsonl", "step16-unseen.jsonl",
                           "step8-train.jsonl", "step8-unseen.jsonl"]  # fmt: skip
     assert vllm == hf

@@ -89,11 +89,14 @@ def fine_tune(
     *,
     callbacks: Sequence[Any] = (),
     on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+    then: Callable[[Any], None] | None = None,
 ) -> RunResult:
     """Train ``cfg.model`` on the oracle's dialogs of ``cfg.mode`` and evaluate it; writes the run directory.
 
     ``callbacks`` are more ``transformers.TrainerCallback``s; ``on_eval(step, summary)`` may stop the run after a
-    periodic evaluation (return True), in addition to ``cfg.stop_at_recall``.
+    periodic evaluation (return True), in addition to ``cfg.stop_at_recall``. ``then(policy)`` is called after a
+    finished (not interrupted) run with what played its evaluations, over the final model: the run's vLLM engine,
+    still open (no second start-up), or an HF policy. What it raises leaves the finished run directory in place.
     """
     from trl import SFTTrainer
 
@@ -146,10 +149,14 @@ def fine_tune(
         )
         progress.attach(trainer, run.metrics)
         trained, trainable, final, interrupted = train_and_finish(trainer, progress, run.tokenizer)
-        return run_result(RunResult, trainer, cfg, out, trained, trainable, final, interrupted, started)
+        result = run_result(RunResult, trainer, cfg, out, trained, trainable, final, interrupted, started)
     except BaseException:
         run.abandon()
         raise
+    else:
+        if then is not None and not result.interrupted:
+            then(recall.policy(trainer.model))
+        return result
     finally:
         if recall is not None:
             recall.close()  # its vLLM engine, if any

@@ -168,19 +168,21 @@ class ModelRecall:
         )
         return cls(evaluator, run.tokenizer, cfg, run.out, facts=facts, tasks=tasks, backend=backend)
 
+    def policy(self, model: Any) -> Any:
+        """What plays ``model``'s episodes: the run's vLLM engine with its weights loaded, or an HF policy over it."""
+        if self.engine is not None:
+            return self.engine(model)
+        return HFPolicy(
+            model,
+            self.tokenizer,
+            self.evaluator.tools,
+            max_new_tokens=self.cfg.max_new_tokens,
+            batch_size=self.cfg.eval_batch_size,
+        )
+
     def __call__(self, model: Any, *, sample: int, tag: str) -> dict[str, float]:
         self.records.mkdir(parents=True, exist_ok=True)
-        policy = (
-            self.engine(model)
-            if self.engine is not None
-            else HFPolicy(
-                model,
-                self.tokenizer,
-                self.evaluator.tools,
-                max_new_tokens=self.cfg.max_new_tokens,
-                batch_size=self.cfg.eval_batch_size,
-            )
-        )
+        policy = self.policy(model)
         summary = dict.fromkeys(FINAL_KEYS, 0.0)
         if self.facts:
             summary = self.evaluator.evaluate_splits(policy, sample=sample, tag=tag, records_dir=self.records)

@@ -242,11 +242,9 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, precision: str,
     from trl import SFTConfig
 
     from evals.faithfulness import counterfactual_world, faithfulness
-    from evals.policies import PolicyConfig, build_policy
     from itl_env.store import world_at
     from itl_env.world import open_or_build
     from trainers.fine_tune import SFTScriptConfig, fine_tune
-    from trainers.hf_training import eval_backend
     from trainers.options import cuda_available, no_activation_checkpointing
 
     out = run_dir(cfg, mode, facts, precision)
@@ -343,38 +341,34 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, precision: str,
                     row.kl,
                 )
 
+    faithful: list[Any] = []
+
+    def measure_faithfulness(policy: Any) -> None:
+        """The final model in a counterfactual copy of its world, played by the run's own evaluator (its engine)."""
+        edited = ranks.first(lambda: counterfactual_world(world, worlds))  # every rank plays its share of it
+        try:
+            faithful.append(
+                faithfulness(
+                    policy,
+                    world,
+                    edited,
+                    mode=mode,
+                    sample=cfg.faithfulness_sample,
+                    batch_size=cfg.eval_batch_size,
+                    out=out / "records" / "faithfulness.jsonl",
+                    ranks=ranks,
+                )
+            )
+        finally:
+            edited.close()
+
     try:
-        result = fine_tune(script, training, callbacks=[Measure()], on_eval=reached)
+        result = fine_tune(script, training, callbacks=[Measure()], on_eval=reached, then=measure_faithfulness)
         if result.interrupted:
             raise KeyboardInterrupt
         final_model = out / "model"
-        policy_cfg = PolicyConfig(
-            model=str(final_model),
-            backend=eval_backend(cfg.eval_backend, lora=cfg.lora, processes=ranks.size),
-            max_new_tokens=cfg.max_new_tokens,
-            hf_batch_size=cfg.eval_batch_size,
-            threads=cfg.threads,
-        )
         measure_end = measures is not None and last_measured[0] != result.steps
         end = measures.measure(*_load(final_model)) if measure_end else None
-        edited = ranks.first(lambda: counterfactual_world(world, worlds))  # every rank plays its share of it
-        policy = None
-        try:
-            policy = build_policy(policy_cfg, [] if mode == "in_weight" else _tools(world), cache_dir=out)
-            faithful = faithfulness(
-                policy,
-                world,
-                edited,
-                mode=mode,
-                sample=cfg.faithfulness_sample,
-                batch_size=cfg.eval_batch_size,
-                out=out / "records" / "faithfulness.jsonl",
-                ranks=ranks,
-            )
-        finally:
-            if policy is not None and hasattr(policy, "close"):
-                policy.close()  # a vLLM engine's process
-            edited.close()
     finally:
         world.close()
     if not ranks.main:  # the main process measured: its row is the run's
@@ -402,8 +396,8 @@ def train_run(cfg: PretrainedStudyConfig, mode: str, facts: int, precision: str,
         hellaswag_item_points=measures.hellaswag.item_points if measures.hellaswag is not None else None,
         prompts_rendered=measures.divergence.rendering,
         hellaswag_source=swag_source,
-        faithful_tool=faithful.tool_rate,
-        faithful_memory=faithful.memory_rate,
+        faithful_tool=faithful[0].tool_rate,
+        faithful_memory=faithful[0].memory_rate,
         wall_seconds=spent.seconds(),
     )
     finished.write_text(row.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -434,12 +428,6 @@ def _load(model_dir: Path) -> tuple[Any, Any]:
     from evals.models import load_as_is
 
     return load_as_is(str(model_dir))
-
-
-def _tools(world: Any) -> list[dict[str, Any]]:
-    from itl_env.fact_tools import fact_registry
-
-    return fact_registry(world).schemas()
 
 
 class PretrainedStudyResult(BaseModel):

@@ -69,7 +69,7 @@ class Player:
 def test_long_term_memory_changes_what_is_proposed(people, tmp_path):
     world, tools = people
     proposer = Proposer(world)
-    episodes = explore(world, tools, ["count_people"], imagine=lambda t: proposer, judge=proposer, trial_policy=lambda t, s: Player(), out=tmp_path,
+    episodes = explore(world, tools, ["count_people"], imagine=lambda t: proposer, judge=proposer, trial_policy=lambda t, s, temperature: Player(), out=tmp_path,
                        episodes=3, trials=1, batch=1, recent=8, progress=False, first_turn="auto")  # fmt: skip
     first, second = [p for p in proposer.prompts if not p.startswith("Question:")][:2]
     assert "already explored" not in first and f"- {episodes[0].query}" in second
@@ -81,13 +81,45 @@ def test_long_term_memory_changes_what_is_proposed(people, tmp_path):
 def test_short_term_memory_reaches_the_next_trial(people, tmp_path):
     world, tools = people
     player = Player()
-    (episode,) = explore(world, tools, ["count_people"], imagine=lambda t: Proposer(world), judge=Proposer(world), trial_policy=lambda t, s: player,
+    (episode,) = explore(world, tools, ["count_people"], imagine=lambda t: Proposer(world), judge=Proposer(world), trial_policy=lambda t, s, temperature: player,
                          out=tmp_path, episodes=1, trials=2, batch=1, progress=False, first_turn="auto")  # fmt: skip
     assert len(episode.trials) == 2 and not episode.trials[0].calls and episode.trials[1].calls
     second_trial = [q for q in player.questions if "Earlier attempts" in q]
     assert second_trial and "no tool call; answer: I do not know.; judged not satisfied" in second_trial[0]
     assert episode.messages[0]["content"] == episode.query  # the kept dialog asks the plain query
     assert verdict(episode) == "kept"
+
+
+def test_retries_are_played_at_the_retry_temperature(people, tmp_path):
+    world, tools = people
+    players = {}
+
+    def trial_policy(tool, schemas, temperature):
+        return players.setdefault(temperature, Player())
+
+    (episode,) = explore(world, tools, ["count_people"], imagine=lambda t: Proposer(world), judge=Proposer(world),
+                         trial_policy=trial_policy, out=tmp_path, episodes=1, trials=3, batch=1, progress=False,
+                         first_turn="auto", retry_temperature=0.7)  # fmt: skip
+    assert sorted(players) == [0.0, 0.7]
+    assert len(players[0.0].questions) == 1  # the first trial, greedy
+    assert all("Earlier attempts" in q for q in players[0.7].questions)  # every retry sampled
+    assert [t.messages[0]["content"] for t in episode.trials] == [episode.query] * len(episode.trials)
+    assert episode.trials[-1].messages == episode.messages
+
+
+def test_an_episode_is_kept_with_its_first_trial_that_passes(people):
+    _, tools = people
+    call = {"name": "count_people", "arguments": {"attribute": "current_address", "value": "Lisbon"}}
+    ok = {"name": "count_people", "ok": True, "content": "3"}
+    good = episode("count_people", "How many live in Lisbon?", [call], [ok], "3 people live in Lisbon.")
+    bad = episode("count_people", "How many live in Lisbon?", [call], [ok], "Nobody knows.")
+    trials = [t.model_copy(update={"messages": e.messages}) for e in (bad, good, bad) for t in e.trials]
+    mixed = bad.model_copy(update={"trials": trials})  # the episode's own dialog is its last trial's, a bad one
+    assert verdict(mixed) == "kept"
+    rows, stats = distill([mixed], tools, cap=10)
+    assert stats["reasons"] == {"kept": 1} and rows[0]["messages"] == good.messages
+    last_only = bad.model_copy(update={"trials": [t.model_copy(update={"messages": []}) for t in trials]})
+    assert verdict(last_only) == "answer not grounded in the results"  # rows without trial dialogs: the last trial
 
 
 def episode(tool, query, calls, results, answer):
@@ -306,7 +338,7 @@ def test_the_trial_protocol_forces_a_call_and_shows_another_tools_exchange(peopl
 
     def explored(first_turn, out):
         return explore(world, tools, ["count_people"], imagine=lambda t: Proposer(world), judge=Proposer(world), out=out, episodes=2, trials=1,
-                       trial_policy=lambda tool, schemas: Seeing(model, tokenizer, schemas, max_new_tokens=24),
+                       trial_policy=lambda tool, schemas, temperature: Seeing(model, tokenizer, schemas, max_new_tokens=24),
                        batch=2, progress=False, first_turn=first_turn)  # fmt: skip
 
     forced = explored("required", tmp_path / "forced")

@@ -1,9 +1,9 @@
 """STE distillation: the explored trajectories worth learning from, as a dataset ``trainers/sft.py`` trains on.
 
-Kept: an episode whose query was usable, whose last trial called the tool, every call of which
-executed successfully and is grounded in the question (each free-text argument, e.g. a name or a date, is
-written in it), and whose final answer is grounded in what the tool returned (it states the
-result, or for a list every item of it). Optionally an LLM judge checks STE's three criteria
+Kept: an episode whose query was usable with the first of its trials that called the tool, every call of
+which executed successfully and is grounded in the question (each free-text argument, e.g. a name or a date,
+is written in it), and whose final answer is grounded in what the tool returned (it states the result, or for
+a list every item of it). Optionally an LLM judge checks STE's three criteria
 (the answer is informative, faithful to the execution results, the tool use appropriate) and an LLM
 paraphrases each kept query into one more training dialog. Queries are deduplicated and capped per
 tool. Written as a Hugging Face dataset of ``{messages, tools}`` rows (``save_to_disk``) and JSONL.
@@ -20,6 +20,7 @@ from itl_env.rollout import Policy
 from itl_env.scoring import normalise
 from itl_env.trajectories import call_arguments
 from studies.ste.explore import Episode, parse_query, parse_verdict
+from studies.ste.memory import Trial
 from tools.registry import ToolRegistry
 
 JUDGE_PROMPT = (
@@ -32,8 +33,8 @@ PARAPHRASE_PROMPT = (
 )
 
 
-def final_answer(episode: Episode) -> str | None:
-    last = episode.messages[-1] if episode.messages else {}
+def final_answer(messages: list[dict[str, Any]]) -> str | None:
+    last = messages[-1] if messages else {}
     return last.get("content") if last.get("role") == "assistant" and not last.get("tool_calls") else None
 
 
@@ -69,25 +70,51 @@ def call_is_grounded(calls: list[dict[str, Any]], query: str, schemas: dict[str,
     return True
 
 
-def verdict(episode: Episode, schemas: dict[str, dict[str, Any]] | None = None) -> str:
-    """Why an episode is kept ("kept") or dropped (the first rule it breaks); ``schemas`` (tool name -> JSON schema)
-    tells enumerated arguments (an attribute name) from free text, which the question must contain.
+def trial_dialogs(episode: Episode) -> list[tuple[Trial, list[dict[str, Any]]]]:
+    """Each trial of ``episode`` with its dialog (explorations written before trials kept theirs: the last trial's is
+    the episode's, the earlier ones have none and are skipped).
     """
-    if episode.query is None:
-        return "no usable query"
-    if not episode.trials or not episode.trials[-1].calls:
+    last = len(episode.trials) - 1
+    pairs = [(t, t.messages or (episode.messages if i == last else [])) for i, t in enumerate(episode.trials)]
+    return [(t, m) for t, m in pairs if m]
+
+
+def trial_verdict(query: str, trial: Trial, messages: list[dict[str, Any]], schemas: dict[str, Any] | None) -> str:
+    """Why one trial's dialog is worth learning from ("kept") or not (the first rule it breaks)."""
+    if not trial.calls:
         return "no tool call"
-    trial = episode.trials[-1]
     if not all(r["ok"] for r in trial.results):
         return "a call failed"
-    if schemas is not None and not call_is_grounded(trial.calls, episode.query, schemas):
+    if schemas is not None and not call_is_grounded(trial.calls, query, schemas):
         return "call not grounded in the question"
-    answer = final_answer(episode)
+    answer = final_answer(messages)
     if answer is None:
         return "no final answer"
     if not is_grounded(answer, trial.results):
         return "answer not grounded in the results"
     return "kept"
+
+
+def choose(
+    episode: Episode, schemas: dict[str, dict[str, Any]] | None = None
+) -> tuple[str, Trial | None, list[dict[str, Any]]]:
+    """(verdict, trial, dialog): the episode's first trial that passes every rule, or why its last one does not.
+    ``schemas`` (tool name -> JSON schema) tells enumerated arguments (an attribute name) from free text, which
+    the question must contain.
+    """
+    if episode.query is None:
+        return "no usable query", None, []
+    why = "no tool call"
+    for trial, messages in trial_dialogs(episode):
+        why = trial_verdict(episode.query, trial, messages, schemas)
+        if why == "kept":
+            return why, trial, messages
+    return why, None, []
+
+
+def verdict(episode: Episode, schemas: dict[str, dict[str, Any]] | None = None) -> str:
+    """Why an episode is kept ("kept": one of its trials passes every rule) or dropped (its last trial's reason)."""
+    return choose(episode, schemas)[0]
 
 
 def distill(
@@ -100,36 +127,36 @@ def distill(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(dataset rows, statistics: why episodes were dropped, rows per tool)."""
     reasons: Counter[str] = Counter()
-    kept: dict[str, list[Episode]] = {}
+    kept: dict[str, list[tuple[Episode, Trial, list[dict[str, Any]]]]] = {}
     seen: set[tuple[str, str]] = set()
     schemas = {name: registry[name].json_schema for name in registry.names}
     for episode in episodes:
-        why = verdict(episode, schemas)
+        why, trial, messages = choose(episode, schemas)
         key = (episode.tool, normalise(episode.query or ""))
         if why == "kept" and key in seen:
             why = "duplicate query"
         if why == "kept" and len(kept.get(episode.tool, [])) >= cap:
             why = "over the cap"
         reasons[why] += 1
-        if why == "kept":
+        if why == "kept" and trial is not None:
             seen.add(key)
-            kept.setdefault(episode.tool, []).append(episode)
-    chosen = [e for group in kept.values() for e in group]
+            kept.setdefault(episode.tool, []).append((episode, trial, messages))
+    chosen = [k for group in kept.values() for k in group]
     if judge is not None and chosen:
-        replies = judge.generate([[{"role": "user", "content": _judge_prompt(e)}] for e in chosen])
-        judged = [e for e, reply in zip(chosen, replies, strict=True) if parse_verdict(reply)]
+        replies = judge.generate([[{"role": "user", "content": _judge_prompt(*k)}] for k in chosen])
+        judged = [k for k, reply in zip(chosen, replies, strict=True) if parse_verdict(reply)]
         reasons["dropped by the judge"] += len(chosen) - len(judged)
         reasons["kept"] -= len(chosen) - len(judged)
         chosen = judged
-    rows = [{"messages": e.messages, "tools": [registry[e.tool].json_schema]} for e in chosen]
+    rows = [{"messages": messages, "tools": [registry[e.tool].json_schema]} for e, _, messages in chosen]
     if paraphrase is not None and chosen:
         replies = paraphrase.generate(
-            [[{"role": "user", "content": PARAPHRASE_PROMPT.format(query=e.query)}] for e in chosen]
+            [[{"role": "user", "content": PARAPHRASE_PROMPT.format(query=e.query)}] for e, _, _ in chosen]
         )
-        for episode, reply in zip(chosen, replies, strict=True):
+        for (episode, _, kept_messages), reply in zip(chosen, replies, strict=True):
             query = parse_query(reply)
             if query and normalise(query) != normalise(episode.query or ""):
-                messages = [{"role": "user", "content": query}, *episode.messages[1:]]
+                messages = [{"role": "user", "content": query}, *kept_messages[1:]]
                 rows.append({"messages": messages, "tools": [registry[episode.tool].json_schema]})
     per_tool = Counter(row["tools"][0]["function"]["name"] for row in rows)
     return rows, {
@@ -183,13 +210,12 @@ def kept_samples(rows: list[dict[str, Any]], per_tool: int) -> list[dict[str, An
     return samples
 
 
-def _judge_prompt(episode: Episode) -> str:
-    trial = episode.trials[-1]
+def _judge_prompt(episode: Episode, trial: Trial, messages: list[dict[str, Any]]) -> str:
     results = "\n".join(
         f"- {c['name']}({json.dumps(c['arguments'])}) -> {r['content'][:300]}"
         for c, r in zip(trial.calls, trial.results, strict=False)
     )
-    return JUDGE_PROMPT.format(query=episode.query, results=results, answer=final_answer(episode))
+    return JUDGE_PROMPT.format(query=episode.query, results=results, answer=final_answer(messages))
 
 
 def write_dataset(rows: list[dict[str, Any]], folder: Path) -> Path:

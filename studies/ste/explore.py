@@ -155,7 +155,7 @@ def explore(
     tools: list[str],
     *,
     imagine: Callable[[str], Policy],
-    trial_policy: Callable[[str, list[dict[str, Any]]], Policy],
+    trial_policy: Callable[[str, list[dict[str, Any]], float], Policy],
     judge: Policy,
     out: Path,
     episodes: int,
@@ -168,12 +168,14 @@ def explore(
     first_turn: str = "required",
     example: bool = True,
     reprompt: bool = True,
+    retry_temperature: float = 0.0,
 ) -> list[Episode]:
     """Explore each tool for ``episodes`` episodes (resuming from ``out/explore.jsonl``); returns every episode.
 
-    ``imagine(tool)`` is the policy that proposes ``tool``'s questions (sampling), ``trial_policy(tool, schemas)`` the
-    one that plays its trials with those tools offered (the explorer may differ per tool); ``judge`` reflects on
-    each trial. STE's trial protocol:
+    ``imagine(tool)`` is the policy that proposes ``tool``'s questions (sampling), ``trial_policy(tool, schemas,
+    temperature)`` the one that plays its trials with those tools offered (the explorer may differ per tool): the
+    first trial greedy, the later ones at ``retry_temperature`` (a greedy retry mostly repeats the first trial
+    word for word, the short-term memory notwithstanding); ``judge`` reflects on each trial. STE's trial protocol:
     the first turn of a trial is ``first_turn`` (``required``: a call of the tool, constrained to its schema;
     ``auto``: the model's choice, the zero-shot ablation), later turns are free; ``example`` writes a worked
     exchange with another tool above each question; ``reprompt`` answers a reply that is neither a call nor an
@@ -192,7 +194,11 @@ def explore(
             single = ToolRegistry(
                 [registry[tool]], timeout_s=registry.timeout_s, max_result_chars=registry.max_result_chars
             )
-            player, proposer = trial_policy(tool, single.schemas()), imagine(tool)
+            proposer = imagine(tool)
+            players = (
+                trial_policy(tool, single.schemas(), 0.0),
+                trial_policy(tool, single.schemas(), retry_temperature),
+            )
             schema = registry[tool].json_schema
             while (start := sum(e.tool == tool for e in done)) < episodes:
                 size = min(batch, episodes - start)
@@ -215,7 +221,7 @@ def explore(
                 fresh = [proposed(tool, start + i, proposal, memory) for i, proposal in enumerate(proposals)]
                 shown = worked_example(world, registry, tool) if example else ""
                 env = partial(ToolUseEnv, world, registry=single, max_turns=max_turns, reprompt=reprompt)
-                _trials(fresh, player, judge, trials, (first_turn, "auto"), shown, env)
+                _trials(fresh, players, judge, trials, (first_turn, "auto"), shown, env)
                 for episode in fresh:
                     episode.seconds = round((time.perf_counter() - batch_started) / len(fresh), 3)
                 for episode in fresh:
@@ -244,16 +250,18 @@ def proposed(tool: str, index: int, proposal: str, memory: LongTermMemory) -> Ep
 
 def _trials(
     batch: list[Episode],
-    player: Policy,
+    players: tuple[Policy, Policy],
     judge: Policy,
     trials: int,
     tool_choice: tuple[str, ...],
     example: str,
     env_factory: Callable[[], ToolUseEnv],
 ) -> None:
-    """Up to ``trials`` trials of every episode that has a query, in lockstep; short-term memory between trials."""
+    """Up to ``trials`` trials of every episode that has a query, in lockstep; short-term memory between trials.
+    ``players``: (the first trial's policy, the retries').
+    """
     memories = {e.index: ShortTermMemory() for e in batch}
-    for _ in range(trials):
+    for attempt in range(trials):
         open_ = [e for e in batch if e.query and not e.satisfied]
         if not open_:
             break
@@ -261,7 +269,7 @@ def _trials(
         tasks = [free_query(e.tool, e.index, e.query, note) for e, note in zip(open_, notes, strict=True)]
         started = time.perf_counter()
         played = rollout(
-            player,
+            players[min(attempt, 1)],
             env_factory,
             tasks,
             mode="in_tool",
@@ -281,8 +289,10 @@ def _trials(
             open_, played.records, played.conversations, played.tool_results, verdicts, strict=True
         ):
             calls = [c["function"] for m in messages if m.get("tool_calls") for c in m["tool_calls"]]
-            trial = Trial(calls=calls, results=results, answer=record.answer, satisfied=parse_verdict(verdict))
+            dialog = [{"role": "user", "content": episode.query}, *messages[1:]]  # the plain query
+            trial = Trial(calls=calls, results=results, answer=record.answer, satisfied=parse_verdict(verdict),
+                          messages=dialog)  # fmt: skip
             memories[episode.index].add(trial)
             episode.trials.append(trial)
             episode.satisfied = trial.satisfied
-            episode.messages = [{"role": "user", "content": episode.query}, *messages[1:]]  # the plain query
+            episode.messages = dialog

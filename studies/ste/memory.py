@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from configs import jsonl
 from itl_env.scoring import normalise
 
 
 class Trial(BaseModel):
-    """One attempt at a query: the calls made, what the tool said, the answer, and the explorer's own verdict."""
+    """One attempt at a query: the calls made, what the tool said, the answer, the explorer's own verdict, and the
+    attempt's dialog (the plain query first; empty in explorations written before trials kept theirs).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -20,6 +22,7 @@ class Trial(BaseModel):
     results: list[dict]
     answer: str | None
     satisfied: bool
+    messages: list[dict] = Field(default_factory=list)
 
 
 class LongTermMemory:

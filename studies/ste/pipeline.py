@@ -62,7 +62,13 @@ class SteConfig(BaseModel):
     recent: int = Field(8, ge=0, description="queries of the long-term memory shown to the next proposal")
     cap: int = Field(20, ge=1, description="distilled dialogs per tool at most")
     temperature: float = Field(
-        0.8, ge=0, description="sampling temperature of the imagination step (0: greedy); trials and judging are greedy"
+        0.8, ge=0, description="sampling temperature of the imagination step (0: greedy); judging is greedy"
+    )
+    retry_temperature: float = Field(
+        0.8,
+        ge=0,
+        description="sampling temperature of a trial after the first (the first is greedy; 0: every trial greedy, "
+        "which repeats the first trial)",
     )
     first_turn: Literal["required", "auto"] = Field(
         "required",
@@ -213,7 +219,7 @@ def explore_step(ctx: Context, explorer: str) -> list[Any]:
         cfg.tools,
         imagine=lambda tool: ctx.policy(players[tool], None, cfg.temperature),
         judge=ctx.policy(cfg.explorer, None),
-        trial_policy=lambda tool, schemas: ctx.policy(players[tool], schemas),
+        trial_policy=lambda tool, schemas, temperature: ctx.policy(players[tool], schemas, temperature),
         out=ctx.explored(explorer),
         episodes=cfg.episodes,
         trials=cfg.trials,
@@ -224,6 +230,7 @@ def explore_step(ctx: Context, explorer: str) -> list[Any]:
         first_turn=cfg.first_turn,
         example=explorer in cfg.example,
         reprompt=cfg.reprompt,
+        retry_temperature=cfg.retry_temperature,
     )
 
 

@@ -146,16 +146,19 @@ def greedy_continuations(
     return out
 
 
-def next_token_log_probs(model: Any, sequences: list[list[int]], pad: int) -> tuple[Any, Any]:
-    """(log-probabilities (B, T, V) of each next token, mask (B, T)) of right-padded ``sequences``."""
+def span_log_probs(model: Any, sequences: list[list[int]], spans: list[slice], pad: int, vocabulary: int) -> list[Any]:
+    """Per sequence, the log-probabilities (len(span), vocabulary) of the next token at each position of its span,
+    over the first ``vocabulary`` ids (renormalised there), from one forward pass of the right-padded batch.
+    """
     import torch
 
     width = max(map(len, sequences))
     ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences], device=model.device)
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=model.device)
     with torch.inference_mode():
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    return torch.log_softmax(logits, dim=-1), mask
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    # only the spans: the prompts' and the padding's positions are never scored, so no log-softmax over them
+    return [torch.log_softmax(logits[k, span, :vocabulary].float(), dim=-1) for k, span in enumerate(spans)]
 
 
 def shared_vocabulary(base_tokenizer: Any, model_tokenizer: Any) -> int:
@@ -186,33 +189,29 @@ def divergence_terms(
     """
     import torch
 
-    rows: list[dict[str, list[float]]] = []
-    pairs = list(zip(prompts, continuations, strict=True))
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        base_lp, _ = next_token_log_probs(base, [p + c for p, c in chunk], pad)
-        model_lp, _ = next_token_log_probs(model, [p + c for p, c in chunk], pad)
-        vocab = vocabulary or min(base_lp.shape[-1], model_lp.shape[-1])
-        if base_lp.shape[-1] != vocab:
-            base_lp = torch.log_softmax(base_lp[..., :vocab], dim=-1)
-        if model_lp.shape[-1] != vocab:  # added tokens (and padded embedding rows) left out
-            model_lp = torch.log_softmax(model_lp[..., :vocab], dim=-1)
-        for k, (prompt, continuation) in enumerate(chunk):
-            # position t predicts token t+1: the continuation is predicted from len(prompt)-1 on
-            span = slice(len(prompt) - 1, len(prompt) - 1 + len(continuation))
-            b, m = base_lp[k, span], model_lp[k, span]
-            target = torch.tensor(continuation, device=b.device).unsqueeze(-1)
+    vocab = vocabulary or min(base.get_output_embeddings().out_features, model.get_output_embeddings().out_features)
+    rows: dict[int, dict[str, list[float]]] = {}
+    # batches of similar lengths (a batch is as wide as its longest sequence; continuations run from a few tokens
+    # to the full length): the same numbers, in the prompts' order, for a fraction of the padded positions
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(continuations[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        sequences = [prompts[i] + continuations[i] for i in chunk]
+        # position t predicts token t+1: the continuation is predicted from len(prompt)-1 on
+        spans = [slice(len(prompts[i]) - 1, len(prompts[i]) - 1 + len(continuations[i])) for i in chunk]
+        base_lp = span_log_probs(base, sequences, spans, pad, vocab)
+        model_lp = span_log_probs(model, sequences, spans, pad, vocab)
+        for i, b, m in zip(chunk, base_lp, model_lp, strict=True):
+            target = torch.tensor(continuations[i], device=b.device).unsqueeze(-1)
             p = b.exp()
-            rows.append(
-                {
-                    "kl": (p * (b - m)).sum(-1).clamp_min(0).tolist(),
-                    "tv": (0.5 * (p - m.exp()).abs().sum(-1)).tolist(),
-                    "base_nll": (-b.gather(-1, target).squeeze(-1)).tolist(),
-                    "model_nll": (-m.gather(-1, target).squeeze(-1)).tolist(),
-                    "agree": (b.argmax(-1) == m.argmax(-1)).float().tolist(),
-                }
-            )
-    return rows
+            rows[i] = {
+                "kl": (p * (b - m)).sum(-1).clamp_min(0).tolist(),
+                "tv": (0.5 * (p - m.exp()).abs().sum(-1)).tolist(),
+                "base_nll": (-b.gather(-1, target).squeeze(-1)).tolist(),
+                "model_nll": (-m.gather(-1, target).squeeze(-1)).tolist(),
+                "agree": (b.argmax(-1) == m.argmax(-1)).float().tolist(),
+            }
+    return [rows[i] for i in range(len(prompts))]
 
 
 def summarise(rows: list[dict[str, list[float]]], first_tokens: int = 32) -> Divergence:

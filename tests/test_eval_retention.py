@@ -282,6 +282,12 @@ def test_base_continuations_are_made_once_and_kl_is_also_over_the_first_tokens(
     assert made and len(longer.continuations) == len(prompts)  # another length: made again
     whole, _ = first.measure(model, tokenizer)
     rows = divergence.divergence_terms(base, model, first.ids, first.continuations, 8, first.pad)
+    # batched by length, scored over the continuations only: each prompt's row as when it is scored alone
+    alone = divergence.divergence_terms(base, model, first.ids, first.continuations, 1, first.pad)
+    assert [len(r["kl"]) for r in rows] == [len(c) for c in first.continuations]
+    for batched, single in zip(rows, alone, strict=True):
+        for key in ("kl", "tv", "base_nll", "model_nll"):
+            assert batched[key] == pytest.approx(single[key], rel=1e-4, abs=1e-6)
     early = [v for row in rows for v in row["kl"][:3]]
     assert whole.first_tokens == 3 and whole.kl_first == pytest.approx(sum(early) / len(early), rel=1e-4)
     assert whole.tokens == sum(map(len, first.continuations)) > len(early)

@@ -195,10 +195,8 @@ def explore(
                 [registry[tool]], timeout_s=registry.timeout_s, max_result_chars=registry.max_result_chars
             )
             proposer = imagine(tool)
-            players = (
-                trial_policy(tool, single.schemas(), 0.0),
-                trial_policy(tool, single.schemas(), retry_temperature),
-            )
+            offered = single.schemas()
+            players = (trial_policy(tool, offered, 0.0), trial_policy(tool, offered, retry_temperature))
             schema = registry[tool].json_schema
             while (start := sum(e.tool == tool for e in done)) < episodes:
                 size = min(batch, episodes - start)

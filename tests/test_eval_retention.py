@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 
 import pytest
@@ -278,6 +279,14 @@ def test_base_continuations_are_made_once_and_kl_is_also_over_the_first_tokens(
     monkeypatch.setattr(divergence, "greedy_continuations", lambda *a, **k: made.append(1) or original(*a, **k))
     again = divergence.DivergenceProbe(base, tokenizer, prompts, max_new_tokens=12, first_tokens=3, cache=cache)
     assert again.continuations == first.continuations and not made  # read back, not generated
+    moved = shutil.copytree(base_and_perturbed[0], tmp_path / "moved")  # the same weights from another folder
+    elsewhere, _ = load_as_is(str(moved))
+    divergence.DivergenceProbe(elsewhere, tokenizer, prompts, max_new_tokens=12, first_tokens=3, cache=cache)
+    assert not made  # the cache is the weights', not the path's
+    other, _ = load_as_is(base_and_perturbed[1])
+    divergence.DivergenceProbe(other, tokenizer, prompts, max_new_tokens=12, first_tokens=3, cache=cache)
+    assert made  # another base: made again
+    made.clear()
     longer = divergence.DivergenceProbe(base, tokenizer, prompts, max_new_tokens=13, cache=cache)
     assert made and len(longer.continuations) == len(prompts)  # another length: made again
     whole, _ = first.measure(model, tokenizer)

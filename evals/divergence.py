@@ -283,7 +283,7 @@ def weights_fingerprint(model: Any) -> str:
     import torch
 
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in model.named_parameters():  # a tied output layer is listed (and hashed) once
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}:{flat.dtype}:{flat.numel()};".encode())
         digest.update(flat.view(torch.uint8).numpy().data)

@@ -80,3 +80,18 @@ def test_the_backend_choice_says_why_vllm_cannot_be_used(monkeypatch):
         eval_backend("vllm", lora=True, processes=2)
     monkeypatch.setenv("ITL_VLLM_PYTHON", "/usr/bin/python3")
     assert eval_backend("auto", lora=False, processes=1) == "vllm"
+
+
+def test_a_small_machine_gives_the_engine_every_core(monkeypatch, tmp_path):
+    import os
+
+    from evals.backends.vllm import SMALL_MACHINE_CORES, configure_environment
+
+    reserved = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+    for cores, user, expected in [(2, None, "0"), (SMALL_MACHINE_CORES + 1, None, None), (2, "1", "1")]:
+        environ = {k: v for k, v in os.environ.items() if k != reserved} | ({reserved: user} if user else {})
+        monkeypatch.setattr(os, "environ", environ)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        configure_environment(tmp_path)
+        assert environ.get(reserved) == expected, (cores, user)  # vLLM's own choice on a bigger one; a user's kept
+        assert environ["VLLM_CACHE_ROOT"] == str(tmp_path / "vllm")

@@ -34,19 +34,25 @@ logger = logging.getLogger(__name__)
 
 # The KV cache vLLM reserves on CPU (GiB); its default is a share of RAM, too much on a small shared machine.
 CPU_KVCACHE_GIB = "2"
+# vLLM's CPU backend keeps one core per rank off the model's threads, for its scheduler process. On a machine of at
+# most this many cores that is a large share of it (on 2 cores the model ran on one thread), so it keeps none there.
+SMALL_MACHINE_CORES = 4
 
 
 def configure_environment(cache_dir: str | os.PathLike[str] | None) -> None:
     """The vLLM environment, set before it is imported; variables the user set are left alone.
 
     Its compile cache (``VLLM_CACHE_ROOT``) and the HF cache go under ``cache_dir`` so nothing is
-    written to the home directory, and the CPU KV cache is kept small.
+    written to the home directory, the CPU KV cache is kept small, and on a small machine the model's threads
+    take every core.
     """
     if cache_dir is not None:
         cache = Path(cache_dir).resolve()
         os.environ.setdefault("VLLM_CACHE_ROOT", str(cache / "vllm"))
         os.environ.setdefault("HF_HOME", str(cache / "hf"))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
+    if len(os.sched_getaffinity(0)) <= SMALL_MACHINE_CORES:
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
 class VLLMPolicy:

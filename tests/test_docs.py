@@ -127,5 +127,10 @@ def test_the_gpu_script_runs_both_studies_in_its_dry_run(tmp_path):
     assert "finetune: exit 0" in done.stdout and "memory: exit 0" in done.stdout
     results = {p.name for p in (tmp_path / "gpu" / "results").iterdir()}
     assert {"finetune-tiny-results.csv", "study-results.csv", "study-thresholds.md", "study-exposures.csv"} <= results
-    bad = subprocess.run(["bash", "scripts/gpu_studies.sh"], cwd=REPO, capture_output=True, text=True)
-    assert bad.returncode == 2 and "usage" in bad.stderr
+    # one study per call (a lent machine's calls are short), under its own time limit: then Ctrl-C, exit 124 logged
+    one = subprocess.run(["bash", "scripts/gpu_studies.sh", "--dry-run", "--only", "memory", str(tmp_path / "one")],
+                         cwd=REPO, env={**env, "ITL_MEMORY_SECONDS": "1"}, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert one.returncode == 1 and "memory: exit 124" in one.stdout and "finetune" not in one.stdout
+    for bad_args in ([], ["--only", "both", "out"], ["--fast", "out"], ["a", "b"]):
+        bad = subprocess.run(["bash", "scripts/gpu_studies.sh", *bad_args], cwd=REPO, capture_output=True, text=True)
+        assert bad.returncode == 2 and "usage" in bad.stderr

@@ -23,6 +23,13 @@ while [[ "${1:-}" == -* ]]; do
   esac
 done
 [[ $# -eq 1 ]] || usage
+for var in ITL_FINETUNE_SECONDS ITL_MEMORY_SECONDS; do  # checked before anything is made
+  [[ -z ${!var:-} || ${!var} =~ ^[1-9][0-9]*$ ]] || { echo "$var=${!var}: a whole number of seconds" >&2; exit 2; }
+done
+published=../shared/reference
+if [[ -n ${ITL_PUBLISHED:-} ]]; then
+  published=$(cd "$ITL_PUBLISHED" 2>/dev/null && pwd) || { echo "ITL_PUBLISHED=$ITL_PUBLISHED: no such folder" >&2; exit 2; }
+fi
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 cd "$(dirname "$0")/.."
 log="$out/gpu_studies.log"
@@ -41,7 +48,6 @@ else
   finetune=(--preset gpu) memory=(--preset gpu --stack-seeds)
   budget=("${ITL_FINETUNE_SECONDS:-400}" "${ITL_MEMORY_SECONDS:-180}")
 fi
-published=${ITL_PUBLISHED:-../shared/reference}
 failed=0
 step() {  # step SECONDS NAME COMMAND...: COMMAND with a time limit (then Ctrl-C: the study saves), logged
   local limit=$1 name=$2 started=$SECONDS status=0

@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not re.fullmatch(r"3\.\d+", args.python_version):
         parser.error(f"--python-version takes major.minor, e.g. 3.12, not {args.python_version!r}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"{args.out} is a file, not a folder for wheels")
     if args.have and not args.have.is_file():
         parser.error(f"--have {args.have}: no such file")
     have = installed(args.have.read_text(encoding="utf-8")) if args.have else {}

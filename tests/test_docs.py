@@ -134,3 +134,11 @@ def test_the_gpu_script_runs_both_studies_in_its_dry_run(tmp_path):
     for bad_args in ([], ["--only", "both", "out"], ["--fast", "out"], ["a", "b"]):
         bad = subprocess.run(["bash", "scripts/gpu_studies.sh", *bad_args], cwd=REPO, capture_output=True, text=True)
         assert bad.returncode == 2 and "usage" in bad.stderr
+    for bad_env in (
+        {"ITL_FINETUNE_SECONDS": "ten"},
+        {"ITL_MEMORY_SECONDS": "0"},
+        {"ITL_PUBLISHED": str(tmp_path / "no")},
+    ):
+        bad = subprocess.run(["bash", "scripts/gpu_studies.sh", "--dry-run", str(tmp_path / "bad")], cwd=REPO,
+                             env={**env, **bad_env}, capture_output=True, text=True)  # fmt: skip
+        assert bad.returncode == 2 and next(iter(bad_env)) in bad.stderr and not (tmp_path / "bad").exists()

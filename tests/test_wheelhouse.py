@@ -62,3 +62,5 @@ def test_the_listing_names_the_lock_s_packages_and_bad_options_are_one_line_erro
         done = subprocess.run([*script, str(tmp_path / "out"), *bad], capture_output=True, text=True)
         assert done.returncode == 2 and "error:" in done.stderr.strip().splitlines()[-1]
         assert not (tmp_path / "out").exists()
+    done = subprocess.run([*script, str(have), "--list"], capture_output=True, text=True)  # a file as OUT
+    assert done.returncode == 2 and "not a folder" in done.stderr and have.read_text() == "safetensors==0.8.0\n"

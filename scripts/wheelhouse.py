@@ -106,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--have {args.have}: no such file")
     have = installed(args.have.read_text(encoding="utf-8")) if args.have else {}
     pinned = {name: version for lock in LOCKS for name, version in pins(lock.read_text(encoding="utf-8")).items()}
-    todo = {name: version for name, version in sorted(pinned.items()) if wanted(name, version, have) is not False}
+    verdicts = {name: wanted(name, version, have) for name, version in sorted(pinned.items())}
+    todo = {name: pinned[name] for name, verdict in verdicts.items() if verdict is not False}
     if args.list:
         for name, version in todo.items():
-            print(f"{name}=={version}" + ("  (if pure Python)" if wanted(name, version, have) is None else ""))
+            print(f"{name}=={version}" + ("  (if pure Python)" if verdicts[name] is None else ""))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     total = 0
